@@ -1,0 +1,257 @@
+"""Per-process Zarr handles and batched async reads behind a thin sync facade.
+
+Every process (the main one, each ``DataLoader`` worker, each ``torchrun`` rank) opens
+what it touches lazily and once: stores and arrays live in a holder keyed by
+``os.getpid()`` that is dropped in a forked child (``os.register_at_fork``), as zarr's
+``core/sync.py`` does for its event loop. Coroutines run on zarr's own I/O loop, which
+zarr itself resets after a fork, so a handle opened in the parent is never reused in a
+child: that is what kills s3fs sessions with "attached to a different loop".
+
+    arr = run(open_array("s3://bucket/ep0.zarr", "data/camera0_rgb", opts))
+    frames = run(read_rows(arr, np.array([3, 1, 2])))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import zarr.api.asynchronous as zasync
+from zarr.abc.store import Store
+from zarr.core.array import AsyncArray
+from zarr.core.group import AsyncGroup
+from zarr.core.sync import sync
+from zarr.errors import NodeNotFoundError
+from zarr.storage import FsspecStore, LocalStore
+
+T = TypeVar("T")
+Options = Mapping[str, Any]
+
+#: storage option keys whose values are credentials: never shown, logged or saved.
+SECRET_KEYS = frozenset(
+    {
+        "key",
+        "secret",
+        "token",
+        "password",
+        "session_token",
+        "client_secret",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "account_key",
+        "sas_token",
+        "connection_string",
+    }
+)
+REDACTED = "***"
+#: how many metadata opens run at once when validating or indexing many stores.
+OPEN_CONCURRENCY = 64
+
+
+def redact_options(options: Any) -> Any:
+    """Return ``options`` with every credential value replaced by ``***`` (recursively)."""
+    if isinstance(options, Mapping):
+        return {
+            k: REDACTED if str(k).lower() in SECRET_KEYS else redact_options(v) for k, v in options.items()
+        }
+    if isinstance(options, list | tuple):
+        return type(options)(redact_options(v) for v in options)
+    return options
+
+
+def redact_uri(uri: str) -> str:
+    """Drop a password (or any user info) embedded in a URI: ``s3://k:s@b/p`` -> ``s3://***@b/p``."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{REDACTED}@{host}"))
+
+
+def is_local(uri: str) -> bool:
+    """True for a plain path or a ``file://`` URL."""
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    """The file system path of a local ``uri``."""
+    return re.sub(r"^file://", "", uri)
+
+
+def options_key(options: Options | None) -> str:
+    """A hashable, order-independent key for storage options."""
+    return json.dumps(options or {}, sort_keys=True, default=repr)
+
+
+@dataclass
+class _ProcessState:
+    """What one process has opened; never crosses a fork or a pickle."""
+
+    pid: int = field(default_factory=os.getpid)
+    stores: dict[tuple[str, str], Store] = field(default_factory=dict)
+    arrays: dict[tuple[str, str, str], AsyncArray] = field(default_factory=dict)
+
+
+_state: _ProcessState | None = None
+
+
+def _reset_after_fork() -> None:
+    global _state
+    _state = None
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def process_state() -> _ProcessState:
+    """The holder of this process's open stores and arrays (new after fork or spawn)."""
+    global _state
+    if _state is None or _state.pid != os.getpid():
+        _state = _ProcessState()
+    return _state
+
+
+def run(coro: Awaitable[T]) -> T:
+    """Run a coroutine on zarr's per-process I/O loop and return its result."""
+    return sync(coro)
+
+
+def make_store(uri: str, storage_options: Options | None = None, *, read_only: bool = True) -> Store:
+    """A zarr store for ``uri``: a local path, ``file://`` or any fsspec URL."""
+    if is_local(uri):
+        return LocalStore(local_path(uri), read_only=read_only)
+    return FsspecStore.from_url(uri, storage_options=dict(storage_options or {}), read_only=read_only)
+
+
+def get_store(uri: str, storage_options: Options | None = None) -> Store:
+    """This process's read-only store for ``uri``, created on first use."""
+    state = process_state()
+    key = (uri, options_key(storage_options))
+    if key not in state.stores:
+        state.stores[key] = make_store(uri, storage_options)
+    return state.stores[key]
+
+
+async def open_node(
+    uri: str, path: str = "", storage_options: Options | None = None
+) -> AsyncArray | AsyncGroup:
+    """Open the array or group at ``path`` in the store at ``uri``.
+
+    Raises ``FileNotFoundError`` naming the store (and the path when the store exists).
+    """
+    store = get_store(uri, storage_options)
+    try:
+        return await zasync.open(store=store, path=path, mode="r")
+    except (FileNotFoundError, NodeNotFoundError) as exc:
+        shown = redact_uri(uri)
+        if path and await _store_exists(store):
+            raise FileNotFoundError(f"no Zarr array or group {path!r} in store {shown!r}") from exc
+        raise FileNotFoundError(
+            f"no Zarr store at {shown!r} (no zarr.json, .zgroup or .zarray found)"
+        ) from exc
+
+
+async def _store_exists(store: Store) -> bool:
+    try:
+        await zasync.open(store=store, mode="r")
+    except (FileNotFoundError, NodeNotFoundError):
+        return False
+    return True
+
+
+async def open_array(uri: str, path: str = "", storage_options: Options | None = None) -> AsyncArray:
+    """This process's handle on the array at ``path`` in ``uri``, opened once.
+
+    Raises ``FileNotFoundError`` when it does not exist, ``ValueError`` when it is a group.
+    """
+    state = process_state()
+    key = (uri, path, options_key(storage_options))
+    arr = state.arrays.get(key)
+    if arr is None:
+        node = await open_node(uri, path, storage_options)
+        if not isinstance(node, AsyncArray):
+            raise ValueError(f"{path or '/'!r} is a group, not an array, in store {redact_uri(uri)!r}")
+        arr = state.arrays[key] = node
+    return arr
+
+
+async def gather_bounded(coros: Iterable[Awaitable[T]], limit: int = OPEN_CONCURRENCY) -> list[T]:
+    """``asyncio.gather`` with at most ``limit`` awaitables in flight, results in order."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(coro: Awaitable[T]) -> T:
+        async with semaphore:
+            return await coro
+
+    return await asyncio.gather(*(one(c) for c in coros))
+
+
+async def read_rows(arr: AsyncArray, starts: np.ndarray, length: int = 0) -> list[np.ndarray]:
+    """Read items ``arr[s]`` (or windows ``arr[s:s+length]``) for every ``s`` in ``starts``.
+
+    Items are grouped by the chunk run along the leading axis that holds them, so each
+    chunk is fetched and decoded once per call, and the groups are read concurrently.
+    Results come back in the order of ``starts``.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    if starts.size == 0:
+        return []
+    span = max(length, 1)
+    chunk = arr.chunks[0]
+    first_chunk = starts // chunk
+    order = np.argsort(first_chunk, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(first_chunk[order])) + 1)
+
+    async def read_group(members: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+        lo = int(starts[members].min())
+        hi = int(starts[members].max()) + span
+        block = await arr.getitem((slice(lo, hi),))
+        return members, lo, np.asarray(block)
+
+    out: list[np.ndarray] = [None] * len(starts)  # type: ignore[list-item]
+    for members, lo, block in await asyncio.gather(*(read_group(g) for g in groups)):
+        for m in members:
+            offset = int(starts[m]) - lo
+            out[m] = block[offset] if length == 0 else block[offset : offset + length]
+    return out
+
+
+def open_arrays(specs: Iterable[tuple[str, str, Options | None]]) -> list[AsyncArray]:
+    """Open every ``(uri, path, storage_options)`` concurrently; the first error is raised.
+
+    arrays = open_arrays([("ep0.zarr", "data/camera0_rgb", None)])
+    """
+    return run(gather_bounded(open_array(u, p, o) for u, p, o in specs))
+
+
+async def read_items(
+    specs: Sequence[tuple[str, str, Options | None]],
+    array_ids: np.ndarray,
+    starts: np.ndarray,
+    length: int = 0,
+) -> list[np.ndarray]:
+    """Read item ``starts[k]`` of array ``specs[array_ids[k]]`` for every ``k``, in order.
+
+    Items are grouped by array (then by chunk, see :func:`read_rows`) and every group is
+    read concurrently.
+    """
+    array_ids = np.asarray(array_ids)
+    out: list[np.ndarray] = [None] * len(array_ids)  # type: ignore[list-item]
+    groups = [np.flatnonzero(array_ids == a) for a in np.unique(array_ids)]
+
+    async def read_group(members: np.ndarray) -> list[np.ndarray]:
+        arr = await open_array(*specs[int(array_ids[members[0]])])
+        return await read_rows(arr, starts[members], length)
+
+    for members, frames in zip(groups, await asyncio.gather(*map(read_group, groups)), strict=True):
+        for m, frame in zip(members, frames, strict=True):
+            out[m] = frame
+    return out

@@ -1,0 +1,144 @@
+"""Synthetic stores in the Diffusion Policy layout, for the demo, tests and benchmarks.
+
+Each store is one replay buffer: ``data/camera0_rgb`` (T, H, W, 3) uint8,
+``data/action`` (T, A) float32, ``data/robot0_eef_pos`` (T, 3) float32 and
+``meta/episode_ends`` (E,) int64. Frames are recognisable: pixel (0, 0) holds the store
+number and the frame number, and :func:`make_frames` recomputes any store's frames.
+
+    uris = write_stores("data/", stores=4, frames=64, size=96, chunk=16)
+    expected = make_frames(store=2, frames=64, size=96)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numcodecs
+import numpy as np
+import zarr
+import zarr.codecs
+from tqdm.auto import tqdm
+
+from zarr_torch import io
+
+Codec = Literal["zstd", "blosc", "gzip", "none"]
+ACTION_DIM = 2
+
+
+def make_frames(store: int, frames: int, size: int | tuple[int, int]) -> np.ndarray:
+    """The (T, H, W, 3) uint8 frames of store number ``store``.
+
+    A gradient that moves with time plus seeded noise (so codecs see realistic data);
+    pixel (0, 0) is (store % 256, t % 256, t // 256).
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    t = np.arange(frames, dtype=np.int64)[:, None, None]
+    y, x = np.mgrid[:h, :w]
+    base = (2 * x + y + 3 * t + 17 * store) % 256
+    rgb = np.stack([base, (base + 85) % 256, 255 - base], axis=-1)
+    noise = np.random.default_rng(store).integers(0, 8, size=rgb.shape)
+    out = np.clip(rgb + noise, 0, 255).astype(np.uint8)
+    out[:, 0, 0] = np.stack([np.full(frames, store % 256), t[:, 0, 0] % 256, t[:, 0, 0] // 256], -1)
+    return out
+
+
+def make_actions(store: int, frames: int) -> np.ndarray:
+    """The (T, 2) float32 actions of store ``store``: (store, t)."""
+    t = np.arange(frames, dtype=np.float32)
+    return np.stack([np.full(frames, store, dtype=np.float32), t], axis=-1)
+
+
+def make_state(store: int, frames: int) -> np.ndarray:
+    """The (T, 3) float32 end-effector positions of store ``store``: (store, t, -t)."""
+    t = np.arange(frames, dtype=np.float32)
+    return np.stack([np.full(frames, store, dtype=np.float32), t, -t], axis=-1)
+
+
+def _compressors(codec: Codec, zarr_format: int) -> Any:
+    if codec == "none":
+        return None
+    if zarr_format == 2:
+        return {
+            "zstd": numcodecs.Zstd(level=3),
+            "gzip": numcodecs.GZip(level=1),
+            "blosc": numcodecs.Blosc(cname="zstd", clevel=3),
+        }[codec]
+    return {
+        "zstd": zarr.codecs.ZstdCodec(level=3),
+        "gzip": zarr.codecs.GzipCodec(level=1),
+        "blosc": zarr.codecs.BloscCodec(cname="zstd", clevel=3),
+    }[codec]
+
+
+def write_store(
+    uri: str,
+    store: int,
+    episode_lengths: Sequence[int],
+    *,
+    size: int | tuple[int, int] = 64,
+    chunk: int = 1,
+    shard: int | None = None,
+    codec: Codec = "zstd",
+    zarr_format: Literal[2, 3] = 3,
+    storage_options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Write one replay-buffer store of ``sum(episode_lengths)`` frames at ``uri``."""
+    if shard is not None and zarr_format == 2:
+        raise ValueError("sharding needs zarr_format=3")
+    frames = int(sum(episode_lengths))
+    target = io.make_store(uri, storage_options, read_only=False)
+    root = zarr.open_group(store=target, mode="w" if overwrite else "w-", zarr_format=zarr_format)
+    root.attrs["synth_store"] = store
+    data = root.require_group("data")
+    compressors = _compressors(codec, zarr_format)
+    rgb = make_frames(store, frames, size)
+    for name, values, chunks in [
+        ("camera0_rgb", rgb, (chunk, *rgb.shape[1:])),
+        ("action", make_actions(store, frames), (chunk, ACTION_DIM)),
+        ("robot0_eef_pos", make_state(store, frames), (chunk, 3)),
+    ]:
+        shards = None if shard is None else (shard, *chunks[1:])
+        arr = data.create_array(
+            name,
+            shape=values.shape,
+            dtype=values.dtype,
+            chunks=chunks,
+            shards=shards,
+            compressors=compressors,
+        )
+        arr[...] = values
+    ends = np.cumsum(np.asarray(episode_lengths, dtype=np.int64))
+    root.require_group("meta").create_array("episode_ends", data=ends)
+    return uri
+
+
+def write_stores(
+    root: str,
+    *,
+    stores: int = 4,
+    frames: int | Sequence[int] = 32,
+    nested: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    progress: bool = False,
+    **layout: Any,
+) -> list[str]:
+    """Write ``stores`` stores under ``root``; return their URIs in store order.
+
+    ``frames`` is the episode length, or a list of episode lengths held by every store.
+    ``nested`` spreads the stores over sub-folders. ``layout`` goes to :func:`write_store`.
+    """
+    episodes = [frames] if isinstance(frames, int) else list(frames)
+    uris = []
+    for i in tqdm(range(stores), desc="writing stores", unit="store", disable=not progress):
+        folder = f"{root.rstrip('/')}/part{i % 2}/" if nested else f"{root.rstrip('/')}/"
+        uris.append(
+            write_store(
+                f"{folder}episode_{i:05d}.zarr", i, episodes, storage_options=storage_options, **layout
+            )
+        )
+    return uris
+
+
+__all__ = ["make_actions", "make_frames", "make_state", "write_store", "write_stores"]
