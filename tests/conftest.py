@@ -1,0 +1,72 @@
+"""Shared fixtures: moto's S3 server on 127.0.0.1, synthetic stores of every layout."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import s3fs
+from moto.server import ThreadedMotoServer
+
+from zarr_torch.synth import make_frames, write_stores
+
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+#: the store layouts every read path must handle, as ``write_stores`` arguments.
+LAYOUTS = {
+    "v3-chunk1-zstd": {"chunk": 1, "codec": "zstd"},
+    "v3-chunk16": {"chunk": 16, "codec": "zstd"},
+    "v3-sharded": {"chunk": 4, "shard": 16, "codec": "zstd"},
+    "v2-blosc": {"chunk": 4, "codec": "blosc", "zarr_format": 2},
+    "nested": {"chunk": 4, "codec": "zstd", "nested": True},
+}
+SIZE = 12  # frame height and width in the test stores
+
+
+def reference(stores: int, frames: int, size: int = SIZE) -> np.ndarray:
+    """Every frame of ``write_stores(stores=stores, frames=frames)``, in index order."""
+    return np.concatenate([make_frames(s, frames, size) for s in range(stores)])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """The URL of a moto S3 server listening on 127.0.0.1 for the whole session."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_options(s3_endpoint: str) -> dict:
+    """s3fs storage options that reach the moto server over real HTTP."""
+    return {
+        "key": "testing-key",
+        "secret": "testing-secret",
+        "client_kwargs": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
+    }
+
+
+@pytest.fixture
+def s3_bucket(s3_options: dict) -> str:
+    """A new, empty bucket: ``s3://<name>``."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(skip_instance_cache=True, **s3_options).mkdir(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(params=sorted(LAYOUTS))
+def layout(request: pytest.FixtureRequest) -> dict:
+    """Each store layout in turn."""
+    return LAYOUTS[request.param]
+
+
+@pytest.fixture
+def local_stores(tmp_path) -> str:
+    """Three local chunk-4 stores of 10 frames each; returns their root folder."""
+    write_stores(str(tmp_path / "stores"), stores=3, frames=10, size=SIZE, chunk=4)
+    return str(tmp_path / "stores")
