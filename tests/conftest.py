@@ -47,7 +47,7 @@ def s3_options(s3_endpoint: str) -> dict:
     return {
         "key": "testing-key",
         "secret": "testing-secret",
-        "client_kwargs": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
+        "client_kwargs": {"endpoint_url": s3_endpoint, "region_name": "eu-west-1"},
     }
 
 

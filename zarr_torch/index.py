@@ -164,7 +164,7 @@ class SelectionIndex:
     def validate(self) -> None:
         """Open every array concurrently; raise naming the first one missing or changed."""
         for entry, spec, arr in zip(
-            self.arrays, self.array_specs(), io.open_arrays(self.array_specs()), strict=True
+            self.arrays, self.array_specs(), io.open_arrays(self.array_specs(), refresh=True), strict=True
         ):
             if tuple(arr.shape) != entry.shape:
                 raise ValueError(
@@ -219,7 +219,7 @@ def _read_entries(
 
         async def one(i: int, store: ZarrStore) -> ArrayEntry:
             async with semaphore:
-                arr = await io.open_array(store.uri, path, store.storage_options)
+                arr = await io.open_array(store.uri, path, store.storage_options, refresh=True)
             bar.update()
             if arr.ndim == 0:
                 raise ValueError(f"array {path!r} in store {io.redact_uri(store.uri)!r} is 0-d")

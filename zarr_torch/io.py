@@ -167,14 +167,17 @@ async def _store_exists(store: Store) -> bool:
     return True
 
 
-async def open_array(uri: str, path: str = "", storage_options: Options | None = None) -> AsyncArray:
+async def open_array(
+    uri: str, path: str = "", storage_options: Options | None = None, *, refresh: bool = False
+) -> AsyncArray:
     """This process's handle on the array at ``path`` in ``uri``, opened once.
 
+    ``refresh=True`` reads the metadata again and replaces the cached handle.
     Raises ``FileNotFoundError`` when it does not exist, ``ValueError`` when it is a group.
     """
     state = process_state()
     key = (uri, path, options_key(storage_options))
-    arr = state.arrays.get(key)
+    arr = None if refresh else state.arrays.get(key)
     if arr is None:
         node = await open_node(uri, path, storage_options)
         if not isinstance(node, AsyncArray):
@@ -224,12 +227,16 @@ async def read_rows(arr: AsyncArray, starts: np.ndarray, length: int = 0) -> lis
     return out
 
 
-def open_arrays(specs: Iterable[tuple[str, str, Options | None]]) -> list[AsyncArray]:
+def open_arrays(
+    specs: Iterable[tuple[str, str, Options | None]], *, refresh: bool = False
+) -> list[AsyncArray]:
     """Open every ``(uri, path, storage_options)`` concurrently; the first error is raised.
+
+    ``refresh=True`` reads fresh metadata even for arrays this process has open.
 
     arrays = open_arrays([("ep0.zarr", "data/camera0_rgb", None)])
     """
-    return run(gather_bounded(open_array(u, p, o) for u, p, o in specs))
+    return run(gather_bounded(open_array(u, p, o, refresh=refresh) for u, p, o in specs))
 
 
 async def read_items(

@@ -1,0 +1,35 @@
+"""Checks shared by the test modules: pickling and every-frame-exactly-once."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def roundtrip_pickle(obj: Any) -> tuple[Any, int]:
+    """Pickle and unpickle ``obj``; return the copy and the pickle's size in bytes."""
+    blob = pickle.dumps(obj)
+    return pickle.loads(blob), len(blob)
+
+
+def frame_id(frame: np.ndarray) -> tuple[int, int]:
+    """(store, t) stamped in pixel (0, 0) of a synthetic frame (see ``synth.make_frames``)."""
+    s, lo, hi = (int(v) for v in frame[0, 0])
+    return s, lo + 256 * hi
+
+
+def assert_every_frame_once(batches: Iterable[torch.Tensor], reference: np.ndarray, frames: int) -> None:
+    """Every frame of ``reference`` (stores of ``frames`` frames) came back once, pixel-exact."""
+    seen: dict[tuple[int, int], int] = {}
+    for batch in batches:
+        for frame in batch.numpy():
+            s, t = frame_id(frame)
+            k = s * frames + t
+            np.testing.assert_array_equal(frame, reference[k], err_msg=f"store {s} frame {t}")
+            seen[(s, t)] = seen.get((s, t), 0) + 1
+    assert len(seen) == len(reference), f"{len(reference) - len(seen)} frames never came back"
+    assert set(seen.values()) == {1}, "some frames came back more than once"

@@ -1,0 +1,152 @@
+"""ZarrFrameDataset: every frame once, pixel-exact, through real DataLoader workers."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import numpy as np
+import pytest
+import torch
+from checks import assert_every_frame_once, roundtrip_pickle
+from conftest import SIZE, reference
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from zarr_torch import SelectionIndex, ZarrFrameDataset, ZarrStore, read_zarr
+from zarr_torch.synth import write_stores
+
+STORES, FRAMES = 3, 20
+ARRAY = "data/camera0_rgb"
+
+
+def loader(ds: ZarrFrameDataset, context: str, workers: int = 2) -> DataLoader:
+    ctx = multiprocessing.get_context(context) if workers else None
+    return DataLoader(
+        ds,
+        batch_size=7,
+        shuffle=True,
+        num_workers=workers,
+        multiprocessing_context=ctx,
+        timeout=120 if workers else 0,
+    )
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_every_frame_once_local(tmp_path, layout, context):
+    root = str(tmp_path / "stores")
+    write_stores(root, stores=STORES, frames=FRAMES, size=SIZE, **layout)
+    ds = ZarrFrameDataset(root, array=ARRAY, media="image")
+    assert len(ds) == STORES * FRAMES
+    assert_every_frame_once(loader(ds, context), reference(STORES, FRAMES), FRAMES)
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_every_frame_once_s3_parent_touched(s3_bucket, s3_options, layout, context):
+    write_stores(
+        f"{s3_bucket}/eps", stores=STORES, frames=FRAMES, size=SIZE, storage_options=s3_options, **layout
+    )
+    ds = ZarrFrameDataset(f"{s3_bucket}/eps", array=ARRAY, storage_options=s3_options)
+    # Touch the dataset in the parent first: its handles must not leak into the workers.
+    assert len(ds) == STORES * FRAMES
+    np.testing.assert_array_equal(ds[0].numpy(), reference(STORES, FRAMES)[0])
+    assert_every_frame_once(loader(ds, context), reference(STORES, FRAMES), FRAMES)
+
+
+def test_item_is_stored_shape_and_dtype(local_stores):
+    ds = ZarrFrameDataset(local_stores, array=ARRAY)
+    frame = ds[13]
+    assert isinstance(frame, torch.Tensor)
+    assert frame.shape == (SIZE, SIZE, 3) and frame.dtype == torch.uint8
+    np.testing.assert_array_equal(frame.numpy(), reference(3, 10)[13])
+
+
+def test_getitems_returns_batch_in_order(local_stores):
+    ds = ZarrFrameDataset(local_stores, array=ARRAY)
+    order = [29, 0, 13, 13, 5, 21]
+    batch = ds.__getitems__(order)
+    for i, frame in zip(order, batch, strict=True):
+        np.testing.assert_array_equal(frame.numpy(), reference(3, 10)[i])
+
+
+def test_transform_gets_the_numpy_frame(local_stores):
+    transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    ds = ZarrFrameDataset(local_stores, array=ARRAY, media="image", transform=transform)
+    image = ds[4]
+    assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.float32
+    expected = torch.from_numpy(reference(3, 10)[4]).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(image.as_subclass(torch.Tensor), expected)
+
+
+def test_sources_agree(local_stores):
+    """A prefix, a list of URIs, a list of stores, selections and an index give one dataset."""
+    stores = read_zarr(local_stores)
+    uris = [s.uri for s in stores]
+    index = SelectionIndex.build(local_stores, array=ARRAY)
+    sources = [local_stores, uris, stores, list(index), index]
+    for source in sources:
+        ds = ZarrFrameDataset(source, array=ARRAY)
+        assert len(ds) == 30
+        np.testing.assert_array_equal(ds[17].numpy(), reference(3, 10)[17])
+        assert ds.index[17].array.store.uri == uris[1]
+        assert ds.index[17].index == [7]
+
+
+def test_index_entry_is_the_selection(local_stores):
+    ds = ZarrFrameDataset(local_stores, array=ARRAY, media="image")
+    sel = ds.index[25]
+    assert sel.array.path == ARRAY and sel.index == [5] and sel.media == "image"
+    np.testing.assert_array_equal(sel.read(), ds[25].numpy())
+
+
+def test_pickles_to_records_only(tmp_path):
+    root = str(tmp_path / "many")
+    write_stores(root, stores=30, frames=100, size=4, chunk=50)
+    ds = ZarrFrameDataset(root, array=ARRAY)
+    ds[0]  # open handles in this process: they must not be pickled
+    copy, size = roundtrip_pickle(ds)
+    assert size < 80_000, f"a 3000-frame dataset pickled to {size} bytes"
+    np.testing.assert_array_equal(copy[2999].numpy(), ds[2999].numpy())
+
+
+@pytest.mark.parametrize("bad", [-1, 30, 10_000])
+def test_out_of_range_index(local_stores, bad):
+    ds = ZarrFrameDataset(local_stores, array=ARRAY)
+    with pytest.raises(IndexError, match=f"index {bad} is out of range for a dataset of 30"):
+        ds[bad]
+    with pytest.raises(IndexError):
+        ds.__getitems__([0, bad])
+
+
+def test_missing_store_is_named(local_stores, tmp_path):
+    missing = str(tmp_path / "nowhere.zarr")
+    uris = [s.uri for s in read_zarr(local_stores)] + [missing]
+    with pytest.raises(FileNotFoundError, match=r"no Zarr store at .*nowhere.zarr"):
+        ZarrFrameDataset(uris, array=ARRAY)
+
+
+def test_missing_array_is_named(local_stores):
+    with pytest.raises(FileNotFoundError, match=r"'data/depth' in store .*episode_0000[0-2].zarr"):
+        ZarrFrameDataset(local_stores, array="data/depth")
+
+
+def test_group_where_array_expected(local_stores):
+    with pytest.raises(ValueError, match=r"'data' is a group, not an array, in store"):
+        ZarrFrameDataset(local_stores, array="data")
+
+
+def test_non_zarr_directory(tmp_path):
+    (tmp_path / "plain" / "sub").mkdir(parents=True)
+    (tmp_path / "plain" / "notes.txt").write_text("not zarr")
+    with pytest.raises(ValueError, match=r"no Zarr stores under .*plain"):
+        ZarrFrameDataset(str(tmp_path / "plain"), array=ARRAY)
+    with pytest.raises(FileNotFoundError, match=r"no Zarr store at .*plain"):
+        ZarrFrameDataset([ZarrStore(uri=str(tmp_path / "plain"))], array=ARRAY)
+
+
+def test_selections_from_a_store_that_vanished(local_stores, tmp_path):
+    import shutil
+
+    sels = list(SelectionIndex.build(local_stores, array=ARRAY))
+    shutil.rmtree(sels[-1].array.store.uri)
+    with pytest.raises(FileNotFoundError, match=r"episode_00002.zarr"):
+        ZarrFrameDataset(sels)
