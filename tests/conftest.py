@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from moto.server import ThreadedMotoServer
 from zarr_torch.synth import make_frames, write_stores
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 #: the store layouts every read path must handle, as ``write_stores`` arguments.
 LAYOUTS = {
