@@ -443,25 +443,41 @@ def _entry(store_id: int, arr: ZarrArray, media: Media | None) -> ArrayEntry:
 def _read_entries(
     stores: list[ZarrStore], path: str, media: Media | None, progress: bool | None
 ) -> list[ArrayEntry]:
-    """Open ``path`` in every store concurrently, with a progress bar for large builds."""
+    """Open ``path`` in every store concurrently, with a progress bar for large builds.
+
+    The first store tells the Zarr format; the others are opened as that format first,
+    which reads one metadata document per store instead of probing for v2 and v3 (a
+    store of the other format is then opened again, probing).
+    """
     show = len(stores) >= PROGRESS_MIN_STORES if progress is None else progress
 
     async def read_all() -> list[ArrayEntry]:
-        semaphore = asyncio.Semaphore(io.OPEN_CONCURRENCY)
         bar = tqdm(total=len(stores), desc="reading metadata", unit="store", disable=not show)
 
-        async def one(i: int, store: ZarrStore) -> ArrayEntry:
-            async with semaphore:
+        async def one(i: int, store: ZarrStore, zarr_format: int | None) -> AsyncArray:
+            try:
+                arr = await io.open_array(
+                    store.uri, path, store.storage_options, refresh=True, zarr_format=zarr_format
+                )
+            except FileNotFoundError:
+                if zarr_format is None:
+                    raise
                 arr = await io.open_array(store.uri, path, store.storage_options, refresh=True)
             bar.update()
             if arr.ndim == 0:
                 raise ValueError(f"array {path!r} in store {io.redact_uri(store.uri)!r} is 0-d")
-            return _entry(i, ZarrArray.from_handle(store, path, arr), media)
+            return arr
 
         try:
-            return await asyncio.gather(*(one(i, s) for i, s in enumerate(stores)))
+            first = await one(0, stores[0], None)
+            zarr_format = first.metadata.zarr_format
+            rest = await io.gather_bounded(one(i, s, zarr_format) for i, s in enumerate(stores[1:], 1))
         finally:
             bar.close()
+        return [
+            _entry(i, ZarrArray.from_handle(s, path, arr), media)
+            for i, (s, arr) in enumerate(zip(stores, [first, *rest], strict=True))
+        ]
 
     return io.run(read_all())
 
