@@ -20,7 +20,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Hashable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -143,7 +143,7 @@ class SelectionIndex:
             remap = np.zeros(len(index.arrays), dtype=np.uint32)
             for i in np.flatnonzero(used):
                 e = index.arrays[i]
-                merged = ArrayEntry(tables.store_id(index.stores[e.store]), *_fields(e)[1:])
+                merged = replace(e, store=tables.store_id(index.stores[e.store]))
                 remap[i] = tables.add_array(merged, merged)
             rows = np.array(index.rows)
             rows["array"] = remap[rows["array"]]
@@ -287,7 +287,7 @@ class SelectionIndex:
                 {"uri": s.uri, "fingerprint": fp}
                 for s, fp in zip(index.stores, index.fingerprints(), strict=True)
             ],
-            "arrays": [dict(zip(_FIELD_NAMES, _fields(e), strict=True)) for e in index.arrays],
+            "arrays": [asdict(e) for e in index.arrays],
         }
         return indexfile.write(path, header, index.rows)
 
@@ -310,15 +310,7 @@ class SelectionIndex:
         try:
             stores = [ZarrStore(uri=s["uri"], storage_options=options) for s in header["stores"]]
             arrays = [
-                ArrayEntry(
-                    store=int(a["store"]),
-                    path=a["path"],
-                    shape=tuple(a["shape"]),
-                    chunks=tuple(a["chunks"]),
-                    dtype=a["dtype"],
-                    media=a["media"],
-                    attrs=a["attrs"],
-                )
+                ArrayEntry(**{**a, "shape": tuple(a["shape"]), "chunks": tuple(a["chunks"])})
                 for a in header["arrays"]
             ]
             index = cls(stores, arrays, rows)
@@ -378,13 +370,6 @@ class _Tables:
             self.array_ids[key] = len(self.arrays)
             self.arrays.append(entry)
         return self.array_ids[key]
-
-
-_FIELD_NAMES = ("store", "path", "shape", "chunks", "dtype", "media", "attrs")
-
-
-def _fields(e: ArrayEntry) -> tuple[Any, ...]:
-    return e.store, e.path, e.shape, e.chunks, e.dtype, e.media, e.attrs
 
 
 def _fingerprint(metas: Iterable[Meta]) -> str:
