@@ -50,6 +50,16 @@ def test_build_has_one_16_byte_row_per_item(local_stores):
     np.testing.assert_array_equal(sel.read(), reference(3, 10)[13])
 
 
+def test_build_over_mixed_zarr_formats(tmp_path):
+    """The first store's format is tried first on the others; a v2 store among v3 still opens."""
+    formats = [3, 2, 3, 2]
+    for n, zarr_format in enumerate(formats):
+        write_store(str(tmp_path / f"ep{n}.zarr"), n, [5], size=SIZE, chunk=2, zarr_format=zarr_format)
+    index = built(str(tmp_path))
+    assert len(index) == 20 and [e.shape[0] for e in index.arrays] == [5] * 4
+    np.testing.assert_array_equal(pixels(index), reference(4, 5))
+
+
 def test_from_selections_keeps_their_order(local_stores):
     stores = read_zarr(local_stores)
     sels = [s.get_array(ARRAY).select(t, media="image") for s in stores for t in range(10)]
