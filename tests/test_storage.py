@@ -180,3 +180,20 @@ def test_strict_sharded_store(tmp_path):
     np.testing.assert_array_equal(strict[7].numpy(), reference(1, 16)[7])
     with pytest.raises(ReadError, match="MissingChunkError"):
         strict[9]
+
+
+def test_build_reports_missing_chunks(tmp_path):
+    from zarr_torch import SelectionIndex
+    from zarr_torch.storage import MissingChunkError
+
+    root = str(tmp_path / "s")
+    write_stores(root, stores=2, frames=12, size=SIZE, chunk=2, shard=4)
+    assert len(SelectionIndex.build(root, array=ARRAY, check_chunks=True)) == 24
+    os.remove(f"{root}/episode_00001.zarr/{ARRAY}/c/2/0/0/0")
+    with pytest.raises(
+        MissingChunkError,
+        match=r"1 chunk\(s\) of 'data/camera0_rgb' missing:\n"
+        r"  .*episode_00001.zarr/data/camera0_rgb/c/2/0/0/0$",
+    ):
+        SelectionIndex.build(root, array=ARRAY, check_chunks=True)
+    assert len(SelectionIndex.build(root, array=ARRAY)) == 24, "unchecked builds do not list"

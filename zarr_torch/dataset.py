@@ -106,8 +106,10 @@ class ZarrFrameDataset(Dataset):
 
     def _check(self, indices: Sequence[int]) -> np.ndarray:
         idx = np.asarray(indices)
-        if idx.dtype.kind not in "iu":
-            raise TypeError(f"dataset indices must be integers, not {idx.dtype}")
+        if idx.size == 0:
+            return idx.astype(np.int64).reshape(0)
+        if idx.dtype.kind not in "iu" or idx.ndim != 1:
+            raise IndexError(f"dataset indices must be a list of integers, not {indices!r}"[:200])
         bad = (idx < 0) | (idx >= len(self))
         if bad.any():
             raise IndexError(f"index {int(idx[bad][0])} is out of range for a dataset of {len(self)} frames")

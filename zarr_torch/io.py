@@ -14,6 +14,7 @@ child: that is what kills s3fs sessions with "attached to a different loop".
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -303,3 +304,17 @@ async def read_items(
         for m, frame in zip(members, frames, strict=True):
             out[m] = frame
     return out if return_exceptions else _raise_first(out)
+
+
+async def missing_chunks(arr: AsyncArray) -> list[str]:
+    """Store keys of the chunks (shards, if sharded) that ``arr``'s shape implies but the
+    store lacks. Lists the array's prefix once.
+
+        missing = run(missing_chunks(run(open_array("ep0.zarr", "data/camera0_rgb"))))
+    """
+    grid = arr.shards or arr.chunks
+    counts = [-(-size // step) for size, step in zip(arr.shape, grid, strict=True)]
+    prefix = f"{arr.store_path.path}/" if arr.store_path.path else ""
+    present = {key async for key in arr.store_path.store.list_prefix(prefix)}
+    expected = (prefix + arr.metadata.encode_chunk_key(c) for c in itertools.product(*map(range, counts)))
+    return [key for key in expected if key not in present]
