@@ -76,7 +76,9 @@ def test_worker_crash_is_an_error_not_a_hang(tmp_path, context):
     import multiprocessing
 
     write_stores(str(tmp_path / "s"), stores=1, frames=40, size=8, chunk=4)
-    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, transform=DieOn(21))
+    # Frame 5 is in the first batch of worker 1, which dies before it has sent anything
+    # (a worker that dies while the parent fetches a tensor it shared gives an EOFError).
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, transform=DieOn(5))
     loader = DataLoader(
         ds,
         batch_size=4,
