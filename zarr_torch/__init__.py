@@ -6,10 +6,15 @@ loader = DataLoader(ZarrFrameDataset("data/", array="data/camera0_rgb"), batch_s
 """
 
 from zarr_torch.dataset import ZarrFrameDataset
+from zarr_torch.errors import ReadError
 from zarr_torch.index import SelectionIndex
 from zarr_torch.models import ZarrArray, ZarrInfo, ZarrSelection, ZarrStore, read_zarr
+from zarr_torch.storage import MissingChunkError, RetryPolicy
 
 __all__ = [
+    "MissingChunkError",
+    "ReadError",
+    "RetryPolicy",
     "SelectionIndex",
     "ZarrArray",
     "ZarrFrameDataset",

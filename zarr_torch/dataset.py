@@ -10,15 +10,17 @@ the arrays it reads lazily, once (see :mod:`zarr_torch.io`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from zarr_torch import io
+from zarr_torch.errors import ReadError, SkipLog
 from zarr_torch.index import SelectionIndex, Source
 from zarr_torch.models import Media, ZarrSelection
+from zarr_torch.storage import RetryPolicy
 
 DatasetSource = SelectionIndex | Source | Sequence[ZarrSelection]
 
@@ -34,6 +36,12 @@ class ZarrFrameDataset(Dataset):
     Every store and array is checked when the dataset is made, except for a prebuilt
     ``SelectionIndex``, which is trusted so that training starts at once
     (``index.validate()`` checks it).
+
+    A sample that cannot be read raises :class:`ReadError` naming its store, array and
+    index (``on_error="raise"``), or is dropped from its batch (``on_error="skip"``; see
+    :meth:`skip_summary`). ``strict=True`` makes a missing chunk such an error instead
+    of frames of the fill value. Transient storage failures are retried with ``retry``
+    (a :class:`~zarr_torch.storage.RetryPolicy`; by default up to 10 tries in 60 s).
     """
 
     def __init__(
@@ -44,9 +52,18 @@ class ZarrFrameDataset(Dataset):
         media: Media | None = None,
         transform: Callable[[np.ndarray], Any] | None = None,
         storage_options: dict[str, Any] | None = None,
+        on_error: Literal["raise", "skip"] = "raise",
+        strict: bool = False,
+        retry: RetryPolicy | None = None,
     ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         self.index = _to_index(source, array, media, storage_options)
         self.transform = transform
+        self.on_error = on_error
+        self.strict = strict
+        self.retry = retry
+        self.skips = SkipLog() if on_error == "skip" else None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -60,14 +77,39 @@ class ZarrFrameDataset(Dataset):
         Reads are grouped by array and chunk so each chunk is fetched and decoded once
         per batch, and the groups are read concurrently.
         """
-        rows = self.index.rows[self._check(indices)]
-        frames = io.run(io.read_items(self.index.array_specs(), rows["array"], rows["start"]))
-        return [self._sample(f) for f in frames]
+        idx = self._check(indices)
+        rows = self.index.rows[idx]
+        specs = self.index.array_specs()
+        frames = io.run(
+            io.read_items(specs, rows["array"], rows["start"], strict=self.strict, return_exceptions=True)
+        )
+        samples = []
+        for i, row, frame in zip(idx, rows, frames, strict=True):
+            if isinstance(frame, BaseException):
+                err = _read_error(int(i), specs[int(row["array"])], int(row["start"]), frame)
+                if self.skips is None:
+                    raise err from frame
+                self.skips.record(err)
+                continue
+            samples.append(self._sample(frame))
+        return samples
+
+    def skip_summary(self, reset: bool = True) -> dict[str, int]:
+        """Samples skipped by every process (workers included), per store, logged once.
+
+        Call it at the end of an epoch; ``reset`` starts the next count. Needs
+        ``on_error="skip"``.
+        """
+        if self.skips is None:
+            raise ValueError("skip_summary() needs on_error='skip'")
+        return self.skips.summary(reset)
 
     def _check(self, indices: Sequence[int]) -> np.ndarray:
         idx = np.asarray(indices)
-        if idx.dtype.kind not in "iu":
-            raise TypeError(f"dataset indices must be integers, not {idx.dtype}")
+        if idx.size == 0:
+            return idx.astype(np.int64).reshape(0)
+        if idx.dtype.kind not in "iu" or idx.ndim != 1:
+            raise IndexError(f"dataset indices must be a list of integers, not {indices!r}"[:200])
         bad = (idx < 0) | (idx >= len(self))
         if bad.any():
             raise IndexError(f"index {int(idx[bad][0])} is out of range for a dataset of {len(self)} frames")
@@ -80,6 +122,26 @@ class ZarrFrameDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"ZarrFrameDataset({self.index!r}, transform={self.transform!r})"
+
+
+def _read_error(i: int, spec: tuple[str, str, dict], start: int, cause: BaseException) -> ReadError:
+    uri, path, options = spec
+    shown = io.redact_uri(uri)
+    detail = io.scrub(f"{type(cause).__name__}: {cause}", options)
+    return ReadError(
+        f"cannot read sample {i}: array {path!r} in store {shown!r}, index {start}: {detail}",
+        uri=shown,
+        array=path,
+        index=i,
+    )
+
+
+def skip_collate(batch: list[Any]) -> Any:
+    """``default_collate``, but a batch whose every sample was skipped gives ``None``.
+
+    DataLoader(ZarrFrameDataset(src, on_error="skip"), collate_fn=skip_collate)
+    """
+    return default_collate(batch) if batch else None
 
 
 def _to_index(

@@ -31,6 +31,7 @@ from zarr.errors import NodeNotFoundError
 
 from zarr_torch import indexfile, io
 from zarr_torch.models import Media, ZarrArray, ZarrSelection, ZarrStore, read_zarr
+from zarr_torch.storage import MissingChunkError
 
 #: one row: which array, where on its leading axis, how many frames (0: one item).
 ROW_DTYPE = np.dtype([("array", "<u4"), ("start", "<i8"), ("length", "<u4")])
@@ -85,15 +86,19 @@ class SelectionIndex:
         media: Media | None = None,
         storage_options: dict[str, Any] | None = None,
         progress: bool | None = None,
+        check_chunks: bool = False,
     ) -> SelectionIndex:
         """One row per item on the leading axis of ``array`` in every store of ``source``.
 
         ``source`` is a prefix (searched with :func:`read_zarr`), a store URI, or a list of
         URIs or ``ZarrStore``. Metadata is read concurrently; a missing store or array
-        raises at once, naming it.
+        raises at once, naming it. ``check_chunks`` lists every array once and raises
+        ``MissingChunkError`` naming each chunk its shape implies but its store lacks.
         """
         stores = resolve_stores(source, storage_options)
         entries = _read_entries(stores, array, media, progress)
+        if check_chunks:
+            _check_chunks(stores, array)
         lengths = np.array([e.shape[0] for e in entries], dtype=np.int64)
         rows = np.empty(int(lengths.sum()), dtype=ROW_DTYPE)
         rows["array"] = np.repeat(np.arange(len(entries), dtype=np.uint32), lengths)
@@ -423,6 +428,17 @@ def _entry(store_id: int, arr: ZarrArray, media: Media | None) -> ArrayEntry:
         media=media,
         attrs=dict(arr.attrs),
     )
+
+
+def _check_chunks(stores: list[ZarrStore], path: str) -> None:
+    async def missing(store: ZarrStore) -> list[str]:
+        arr = await io.open_array(store.uri, path, store.storage_options)
+        return [f"{io.redact_uri(store.uri)}/{key}" for key in await io.missing_chunks(arr)]
+
+    found = [key for keys in io.run(io.gather_bounded(map(missing, stores))) for key in keys]
+    if found:
+        shown = "\n  ".join(found[:20]) + ("\n  ..." if len(found) > 20 else "")
+        raise MissingChunkError(f"{len(found)} chunk(s) of {path!r} missing:\n  {shown}")
 
 
 def _read_entries(

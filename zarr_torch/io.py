@@ -14,6 +14,7 @@ child: that is what kills s3fs sessions with "attached to a different loop".
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -30,6 +31,8 @@ from zarr.core.group import AsyncGroup
 from zarr.core.sync import sync
 from zarr.errors import NodeNotFoundError
 from zarr.storage import FsspecStore, LocalStore
+
+from zarr_torch.storage import ReliableStore, RetryPolicy, read_options
 
 T = TypeVar("T")
 Options = Mapping[str, Any]
@@ -65,6 +68,17 @@ def redact_options(options: Any) -> Any:
     if isinstance(options, list | tuple):
         return type(options)(redact_options(v) for v in options)
     return options
+
+
+def scrub(text: str, options: Any) -> str:
+    """``text`` with every credential value found in ``options`` replaced by ``***``."""
+    if isinstance(options, Mapping):
+        for k, v in options.items():
+            if str(k).lower() in SECRET_KEYS and isinstance(v, str) and v:
+                text = text.replace(v, REDACTED)
+            else:
+                text = scrub(text, v)
+    return text
 
 
 def redact_uri(uri: str) -> str:
@@ -132,11 +146,14 @@ def make_store(uri: str, storage_options: Options | None = None, *, read_only: b
 
 
 def get_store(uri: str, storage_options: Options | None = None) -> Store:
-    """This process's read-only store for ``uri``, created on first use."""
+    """This process's read-only store for ``uri``, created on first use.
+
+    Its reads retry transient failures (see :mod:`zarr_torch.storage`).
+    """
     state = process_state()
     key = (uri, options_key(storage_options))
     if key not in state.stores:
-        state.stores[key] = make_store(uri, storage_options)
+        state.stores[key] = ReliableStore(make_store(uri, storage_options))
     return state.stores[key]
 
 
@@ -205,34 +222,48 @@ async def gather_bounded(coros: Iterable[Awaitable[T]], limit: int = OPEN_CONCUR
     return await asyncio.gather(*(one(c) for c in coros))
 
 
-async def read_rows(arr: AsyncArray, starts: np.ndarray, length: int = 0) -> list[np.ndarray]:
+async def read_rows(
+    arr: AsyncArray, starts: np.ndarray, length: int = 0, *, return_exceptions: bool = False
+) -> list[Any]:
     """Read items ``arr[s]`` (or windows ``arr[s:s+length]``) for every ``s`` in ``starts``.
 
     Items are grouped by the chunk run along the leading axis that holds them, so each
     chunk is fetched and decoded once per call, and the groups are read concurrently.
-    Results come back in the order of ``starts``.
+    Results come back in the order of ``starts``. A failed group fails only its own
+    items: with ``return_exceptions`` their places hold the exception, otherwise the
+    first one in order is raised.
     """
     starts = np.asarray(starts, dtype=np.int64)
     if starts.size == 0:
         return []
     span = max(length, 1)
-    chunk = arr.chunks[0]
-    first_chunk = starts // chunk
+    first_chunk = starts // arr.chunks[0]
     order = np.argsort(first_chunk, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(first_chunk[order])) + 1)
 
-    async def read_group(members: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    async def read_group(members: np.ndarray) -> tuple[int, np.ndarray]:
         lo = int(starts[members].min())
         hi = int(starts[members].max()) + span
-        block = await arr.getitem((slice(lo, hi),))
-        return members, lo, np.asarray(block)
+        return lo, np.asarray(await arr.getitem((slice(lo, hi),)))
 
-    out: list[np.ndarray] = [None] * len(starts)  # type: ignore[list-item]
-    for members, lo, block in await asyncio.gather(*(read_group(g) for g in groups)):
+    out: list[Any] = [None] * len(starts)
+    blocks = await asyncio.gather(*map(read_group, groups), return_exceptions=True)
+    for members, block in zip(groups, blocks, strict=True):
         for m in members:
+            if isinstance(block, BaseException):
+                out[m] = block
+                continue
+            lo, data = block
             offset = int(starts[m]) - lo
-            out[m] = block[offset] if length == 0 else block[offset : offset + length]
-    return out
+            out[m] = data[offset] if length == 0 else data[offset : offset + length]
+    return out if return_exceptions else _raise_first(out)
+
+
+def _raise_first(results: list[Any]) -> list[Any]:
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
 
 
 def open_arrays(
@@ -252,21 +283,46 @@ async def read_items(
     array_ids: np.ndarray,
     starts: np.ndarray,
     length: int = 0,
-) -> list[np.ndarray]:
+    *,
+    strict: bool = False,
+    retry: RetryPolicy | None = None,
+    return_exceptions: bool = False,
+) -> list[Any]:
     """Read item ``starts[k]`` of array ``specs[array_ids[k]]`` for every ``k``, in order.
 
     Items are grouped by array (then by chunk, see :func:`read_rows`) and every group is
-    read concurrently.
+    read concurrently. ``strict`` makes a missing chunk an error instead of fill values;
+    ``retry`` replaces the stores' retry policy.
+    With ``return_exceptions`` a failed item's place holds its exception.
     """
     array_ids = np.asarray(array_ids)
-    out: list[np.ndarray] = [None] * len(array_ids)  # type: ignore[list-item]
+    out: list[Any] = [None] * len(array_ids)
     groups = [np.flatnonzero(array_ids == a) for a in np.unique(array_ids)]
 
-    async def read_group(members: np.ndarray) -> list[np.ndarray]:
-        arr = await open_array(*specs[int(array_ids[members[0]])])
-        return await read_rows(arr, starts[members], length)
+    async def read_group(members: np.ndarray) -> list[Any]:
+        try:
+            arr = await open_array(*specs[int(array_ids[members[0]])])
+        except Exception as exc:
+            return [exc] * len(members)
+        return await read_rows(arr, starts[members], length, return_exceptions=True)
 
-    for members, frames in zip(groups, await asyncio.gather(*map(read_group, groups)), strict=True):
+    with read_options(strict=strict, retry=retry):
+        results = await asyncio.gather(*map(read_group, groups))
+    for members, frames in zip(groups, results, strict=True):
         for m, frame in zip(members, frames, strict=True):
             out[m] = frame
-    return out
+    return out if return_exceptions else _raise_first(out)
+
+
+async def missing_chunks(arr: AsyncArray) -> list[str]:
+    """Store keys of the chunks (shards, if sharded) that ``arr``'s shape implies but the
+    store lacks. Lists the array's prefix once.
+
+        missing = run(missing_chunks(run(open_array("ep0.zarr", "data/camera0_rgb"))))
+    """
+    grid = arr.shards or arr.chunks
+    counts = [-(-size // step) for size, step in zip(arr.shape, grid, strict=True)]
+    prefix = f"{arr.store_path.path}/" if arr.store_path.path else ""
+    present = {key async for key in arr.store_path.store.list_prefix(prefix)}
+    expected = (prefix + arr.metadata.encode_chunk_key(c) for c in itertools.product(*map(range, counts)))
+    return [key for key in expected if key not in present]

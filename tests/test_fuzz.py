@@ -1,0 +1,94 @@
+"""Property tests: any valid batch gives exactly the reference frames held in memory;
+any invalid one raises IndexError or ValueError, never a crash or a hang."""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from zarr_torch import SelectionIndex, ZarrFrameDataset
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def stores(draw) -> tuple[list[np.ndarray], list[dict]]:
+    """1-3 arrays of random length, item shape, dtype and chunking, with random values."""
+    dtype = draw(st.sampled_from(["uint8", "int16", "float32"]))
+    item = tuple(draw(st.lists(st.integers(1, 4), min_size=0, max_size=3)))
+    arrays, layouts = [], []
+    for n in draw(st.lists(st.integers(1, 40), min_size=1, max_size=3)):
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        arrays.append((rng.random((n, *item)) * 100).astype(dtype))
+        chunk = draw(st.integers(1, 16))
+        shard = draw(st.sampled_from([None, chunk * 2]))
+        layouts.append({"chunks": (chunk, *item), "shards": None if shard is None else (shard, *item)})
+    return arrays, layouts
+
+
+def write(root: str, arrays: list[np.ndarray], layouts: list[dict]) -> list[str]:
+    uris = []
+    for i, (values, layout) in enumerate(zip(arrays, layouts, strict=True)):
+        uri = f"{root}/s{i}.zarr"
+        zarr.create_array(uri, data=values, **layout)
+        uris.append(uri)
+    return uris
+
+
+@FUZZ
+@given(data=stores(), picks=st.data())
+def test_any_valid_batch_is_the_reference(data, picks):
+    arrays, layouts = data
+    reference = np.concatenate(arrays)
+    with tempfile.TemporaryDirectory() as root:
+        ds = ZarrFrameDataset(write(root, arrays, layouts))
+        assert len(ds) == len(reference)
+        batch = picks.draw(st.lists(st.integers(0, len(ds) - 1), max_size=50))
+        got = ds.__getitems__(batch)
+        assert len(got) == len(batch)
+        for i, frame in zip(batch, got, strict=True):
+            np.testing.assert_array_equal(frame.numpy(), reference[i])
+
+
+@FUZZ
+@given(data=stores(), picks=st.data())
+def test_any_selection_list_is_the_reference(data, picks):
+    arrays, layouts = data
+    with tempfile.TemporaryDirectory() as root:
+        index = SelectionIndex.build(write(root, arrays, layouts))
+        order = picks.draw(st.lists(st.integers(0, len(index) - 1), min_size=1, max_size=30))
+        selections = [index[i] for i in order]
+        ds = ZarrFrameDataset(selections)
+        for k, sel in enumerate(selections):
+            a = int(sel.array.store.uri.rsplit("/s", 1)[1].split(".")[0])
+            np.testing.assert_array_equal(ds[k].numpy(), arrays[a][sel.index[0]])
+
+
+@FUZZ
+@given(data=stores(), picks=st.data())
+def test_any_invalid_batch_is_an_index_error(data, picks):
+    arrays, layouts = data
+    with tempfile.TemporaryDirectory() as root:
+        ds = ZarrFrameDataset(write(root, arrays, layouts))
+        n = len(ds)
+        good = st.integers(0, n - 1)
+        bad = st.one_of(st.integers(max_value=-1), st.integers(min_value=n))
+        batch = [*picks.draw(st.lists(good, max_size=5)), picks.draw(bad)]
+        batch = picks.draw(st.permutations(batch))
+        try:
+            ds.__getitems__(batch)
+        except (IndexError, ValueError):
+            pass
+        else:
+            raise AssertionError(f"batch {batch} of a {n}-frame dataset did not raise")
+        for wrong in ([0.5], ["0"], [[0, 1]]):
+            try:
+                ds.__getitems__(wrong)
+            except (IndexError, ValueError):
+                pass
+            else:
+                raise AssertionError(f"{wrong!r} did not raise")

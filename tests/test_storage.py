@@ -1,0 +1,199 @@
+"""Retries of transient storage failures and strict missing chunks, through real faults.
+
+S3 runs as moto's server on 127.0.0.1; a FaultProxy in front of it fails or resets
+requests; reads go through s3fs over HTTP and real DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+from checks import assert_every_frame_once
+from conftest import SIZE, reference
+from torch.utils.data import DataLoader
+
+from zarr_torch import ZarrFrameDataset
+from zarr_torch.errors import ReadError
+from zarr_torch.storage import RetryPolicy, is_transient, retrying
+from zarr_torch.synth import write_stores
+from zarr_torch.testing import FaultProxy, every_nth, failing_keys
+
+ARRAY = "data/camera0_rgb"
+STORES, FRAMES = 3, 16
+FAST = RetryPolicy(max_attempts=12, base_delay=0.01, max_delay=0.2, deadline=20)
+
+
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject"
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (client_error("SlowDown", 503), True),
+        (client_error("InternalError", 500), True),
+        (client_error("Whatever", 502), True),
+        (client_error("NoSuchKey", 404), False),
+        (client_error("AccessDenied", 403), False),
+        (ConnectionResetError(errno.ECONNRESET, "reset"), True),
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), True),
+        (TimeoutError(), True),
+        (ValueError("SlowDown please reduce your request rate"), False),  # text alone is not enough
+        (FileNotFoundError("x"), False),
+    ],
+)
+def test_is_transient(exc, transient):
+    assert is_transient(exc) is transient
+    wrapped = OSError(errno.EIO, "translated")
+    wrapped.__cause__ = exc
+    assert is_transient(wrapped) is transient
+
+
+def test_retrying_gives_up_after_max_attempts():
+    calls = []
+
+    async def flaky():
+        calls.append(1)
+        raise client_error("SlowDown", 503)
+
+    with pytest.raises(ClientError):
+        asyncio.run(retrying(flaky, RetryPolicy(max_attempts=4, base_delay=0.001)))
+    assert len(calls) == 4
+
+
+def test_retrying_does_not_retry_permanent_errors():
+    calls = []
+
+    async def missing():
+        calls.append(1)
+        raise FileNotFoundError("gone")
+
+    with pytest.raises(FileNotFoundError):
+        asyncio.run(retrying(missing, FAST))
+    assert len(calls) == 1
+
+
+@pytest.fixture
+def s3_stores(s3_bucket, s3_options) -> str:
+    write_stores(
+        f"{s3_bucket}/eps", stores=STORES, frames=FRAMES, size=SIZE, chunk=4, storage_options=s3_options
+    )
+    return f"{s3_bucket}/eps"
+
+
+def through(proxy: FaultProxy, s3_options: dict, **config) -> dict:
+    """``s3_options`` reaching S3 through ``proxy``, with botocore's own retries off."""
+    return {
+        **s3_options,
+        "config_kwargs": {"retries": {"max_attempts": 1}, **config},
+        "client_kwargs": {**s3_options["client_kwargs"], "endpoint_url": proxy.url},
+    }
+
+
+def epoch(ds: ZarrFrameDataset) -> DataLoader:
+    return DataLoader(
+        ds,
+        batch_size=8,
+        shuffle=True,
+        num_workers=2,
+        timeout=120,
+        multiprocessing_context=multiprocessing.get_context("spawn"),
+    )
+
+
+def chunk_key(path: str) -> bool:
+    return f"/{ARRAY}/c/" in path
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [every_nth(4, "503"), every_nth(5, "500"), every_nth(3, "reset")],
+    ids=["every-4th-503", "every-5th-500", "every-3rd-reset"],
+)
+def test_epoch_over_flaky_s3(s3_stores, s3_options, s3_endpoint, rule):
+    with FaultProxy(s3_endpoint) as clean:
+        ds = ZarrFrameDataset(s3_stores, array=ARRAY, storage_options=through(clean, s3_options))
+    with FaultProxy(s3_endpoint, fault=rule) as proxy:
+        ds = ZarrFrameDataset(ds.index, storage_options=through(proxy, s3_options), retry=FAST)
+        assert_every_frame_once(epoch(ds), reference(STORES, FRAMES), FRAMES)
+        assert sum(proxy.faults.values()) > 0
+
+
+def test_keys_failing_six_times_in_a_row(s3_stores, s3_options, s3_endpoint):
+    with FaultProxy(s3_endpoint, fault=failing_keys(chunk_key, times=6)) as proxy:
+        ds = ZarrFrameDataset(s3_stores, array=ARRAY, storage_options=through(proxy, s3_options), retry=FAST)
+        assert_every_frame_once(epoch(ds), reference(STORES, FRAMES), FRAMES)
+        chunk_gets = [
+            n for (method, path), n in proxy.requests.items() if method == "GET" and chunk_key(path)
+        ]
+        assert len(chunk_gets) == STORES * FRAMES // 4 and min(chunk_gets) >= 7
+
+
+def test_a_key_that_never_recovers_is_a_read_error(s3_stores, s3_options, s3_endpoint):
+    bad = f"{ARRAY}/c/1/0/0/0"
+    with FaultProxy(s3_endpoint, fault=failing_keys(lambda p: p.endswith(bad), times=10**6)) as proxy:
+        ds = ZarrFrameDataset(
+            s3_stores,
+            array=ARRAY,
+            storage_options=through(proxy, s3_options),
+            retry=RetryPolicy(max_attempts=3, base_delay=0.01),
+        )
+        with pytest.raises(
+            ReadError,
+            match=r"cannot read sample 5: array 'data/camera0_rgb' in store "
+            r"'s3://.*/eps/episode_00000.zarr', index 5",
+        ) as info:
+            ds.__getitems__([0, 5])
+        assert is_transient(info.value.__cause__)
+        np.testing.assert_array_equal(ds[0].numpy(), reference(STORES, FRAMES)[0])
+
+
+def test_strict_makes_a_missing_chunk_an_error(tmp_path):
+    root = str(tmp_path / "s")
+    write_stores(root, stores=1, frames=8, size=SIZE, chunk=4)
+    os.remove(f"{root}/episode_00000.zarr/{ARRAY}/c/1/0/0/0")
+    lenient = ZarrFrameDataset(root, array=ARRAY)
+    assert not lenient[6].numpy().any()  # zarr's default: the fill value, silently
+    strict = ZarrFrameDataset(root, array=ARRAY, strict=True)
+    np.testing.assert_array_equal(strict[1].numpy(), reference(1, 8)[1])
+    with pytest.raises(
+        ReadError,
+        match=r"sample 6: .*index 6: MissingChunkError: chunk "
+        r"'data/camera0_rgb/c/1/0/0/0' is missing",
+    ):
+        strict[6]
+
+
+def test_strict_sharded_store(tmp_path):
+    root = str(tmp_path / "s")
+    write_stores(root, stores=1, frames=16, size=SIZE, chunk=2, shard=8)
+    os.remove(f"{root}/episode_00000.zarr/{ARRAY}/c/1/0/0/0")
+    strict = ZarrFrameDataset(root, array=ARRAY, strict=True)
+    np.testing.assert_array_equal(strict[7].numpy(), reference(1, 16)[7])
+    with pytest.raises(ReadError, match="MissingChunkError"):
+        strict[9]
+
+
+def test_build_reports_missing_chunks(tmp_path):
+    from zarr_torch import SelectionIndex
+    from zarr_torch.storage import MissingChunkError
+
+    root = str(tmp_path / "s")
+    write_stores(root, stores=2, frames=12, size=SIZE, chunk=2, shard=4)
+    assert len(SelectionIndex.build(root, array=ARRAY, check_chunks=True)) == 24
+    os.remove(f"{root}/episode_00001.zarr/{ARRAY}/c/2/0/0/0")
+    with pytest.raises(
+        MissingChunkError,
+        match=r"1 chunk\(s\) of 'data/camera0_rgb' missing:\n"
+        r"  .*episode_00001.zarr/data/camera0_rgb/c/2/0/0/0$",
+    ):
+        SelectionIndex.build(root, array=ARRAY, check_chunks=True)
+    assert len(SelectionIndex.build(root, array=ARRAY)) == 24, "unchecked builds do not list"

@@ -1,0 +1,197 @@
+"""The store wrapper every read goes through: retries and strict missing chunks.
+
+Object stores fail in passing (503 SlowDown, 500 InternalError, reset connections,
+timeouts). s3fs and botocore absorb isolated failures; a key that fails several times
+in a row, or a client whose own retries are off, reaches zarr_torch, which retries it
+again with capped exponential backoff and full jitter for a bounded total time.
+Failures are recognised by exception type, error code and HTTP status, never by
+message text.
+
+Zarr returns the fill value for a chunk that does not exist, so a half-uploaded store
+reads as black frames. Inside ``read_options(strict=True)``, a missing chunk is an error.
+
+    store = ReliableStore(FsspecStore.from_url("s3://bucket/ep.zarr"), RetryPolicy(deadline=30))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TypeVar
+
+from zarr.abc.store import ByteRequest, Store
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import WrapperStore
+
+T = TypeVar("T")
+
+#: S3 error codes that mean "try again later".
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "503",
+        "500",
+    }
+)
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+TRANSIENT_ERRNOS = frozenset({errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT})
+#: the keys zarr reads to find metadata; absent ones are normal, never "missing chunks".
+METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
+
+_strict: ContextVar[bool] = ContextVar("zarr_torch_strict_chunks", default=False)
+_policy: ContextVar[RetryPolicy | None] = ContextVar("zarr_torch_retry_policy", default=None)
+
+
+class MissingChunkError(FileNotFoundError):
+    """A chunk that the array's shape says exists is absent from the store."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long to keep retrying a transient failure.
+
+    Attempt ``n`` waits a random time up to ``min(max_delay, base_delay * 2**n)``; no
+    attempt starts after ``deadline`` seconds, and at most ``max_attempts`` are made.
+    """
+
+    max_attempts: int = 10
+    base_delay: float = 0.05
+    max_delay: float = 2.0
+    deadline: float = 60.0
+
+    def delays(self) -> Iterator[float]:
+        """The waits between attempts (full jitter)."""
+        for n in range(self.max_attempts - 1):
+            yield random.uniform(0, min(self.max_delay, self.base_delay * 2**n))
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is a failure worth retrying.
+
+    Looks at S3 error codes and HTTP status codes on botocore errors, connection and
+    timeout exception types of the HTTP stack, and the errno of connection resets.
+    """
+    for err in _chain(exc):
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in TRANSIENT_CODES or status in TRANSIENT_STATUS:
+                return True
+        if isinstance(err, ConnectionError | TimeoutError | asyncio.TimeoutError):
+            return True
+        if isinstance(err, OSError) and err.errno in TRANSIENT_ERRNOS:
+            return True
+        if type(err).__module__.split(".")[0] in ("aiohttp", "botocore") and any(
+            c.__name__
+            in (
+                "ClientConnectionError",
+                "ClientPayloadError",
+                "HTTPClientError",
+                "ServerTimeoutError",
+                "ConnectionError",
+            )
+            for c in type(err).__mro__
+        ):
+            return True
+    return False
+
+
+async def retrying(call: Callable[[], Awaitable[T]], policy: RetryPolicy) -> T:
+    """Await ``call()``, again after each transient failure, as ``policy`` allows."""
+    start = time.monotonic()
+    delays = policy.delays()
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            delay = next(delays, None)
+            if not is_transient(exc) or delay is None or time.monotonic() - start + delay > policy.deadline:
+                raise
+            await asyncio.sleep(delay)
+
+
+@contextlib.contextmanager
+def read_options(*, strict: bool = False, retry: RetryPolicy | None = None) -> Iterator[None]:
+    """Within this block (and the tasks it starts), reads follow these options.
+
+    ``strict``: a missing chunk raises :class:`MissingChunkError`. ``retry``: the retry
+    policy, instead of each store's own.
+
+        with read_options(strict=True):
+            await arr.getitem(0)   # MissingChunkError if chunk 0 was never written
+    """
+    tokens = _strict.set(strict), _policy.set(retry)
+    try:
+        yield
+    finally:
+        _strict.reset(tokens[0])
+        _policy.reset(tokens[1])
+
+
+def _is_chunk_key(key: str) -> bool:
+    return key.rsplit("/", 1)[-1] not in METADATA_NAMES
+
+
+class ReliableStore(WrapperStore[Store]):
+    """A read-only view of a store whose reads retry transient failures.
+
+    Under ``read_options(strict=True)``, a chunk key that is absent raises
+    :class:`MissingChunkError` instead of reading as the fill value.
+    """
+
+    def __init__(self, store: Store, policy: RetryPolicy | None = None) -> None:
+        super().__init__(store)
+        self.policy = policy or RetryPolicy()
+
+    def _with_store(self, store: Store) -> ReliableStore:
+        return type(self)(store, self.policy)
+
+    def _retry(self, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        return retrying(call, _policy.get() or self.policy)
+
+    def _check(self, key: str, value: Buffer | None) -> Buffer | None:
+        if value is None and _strict.get() and _is_chunk_key(key):
+            raise MissingChunkError(f"chunk {key!r} is missing")
+        return value
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        value = await self._retry(lambda: self._store.get(key, prototype, byte_range))
+        return self._check(key, value)
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        key_ranges = list(key_ranges)
+        values = await retrying(lambda: self._store.get_partial_values(prototype, key_ranges), self.policy)
+        return [self._check(k, v) for (k, _), v in zip(key_ranges, values, strict=True)]
+
+    async def exists(self, key: str) -> bool:
+        return await self._retry(lambda: self._store.exists(key))
+
+    def __repr__(self) -> str:
+        return f"ReliableStore({self._store!r})"
