@@ -1,6 +1,9 @@
-"""The ``zarr-torch`` command: inspect stores and write synthetic data.
+"""The ``zarr-torch`` command: inspect stores, precompute indexes, write synthetic data.
 
 zarr-torch info s3://bucket/episodes/
+zarr-torch index build s3://bucket/episodes/ --array data/camera0_rgb --media image -o frames.zti
+zarr-torch index info frames.zti
+zarr-torch index verify frames.zti   # exit status 1 when a store changed since the build
 zarr-torch synth data/ --stores 8 --frames 64 --chunk 16
 """
 
@@ -10,8 +13,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from zarr_torch import io
+import numpy as np
+
+from zarr_torch import indexfile, io
+from zarr_torch.index import SelectionIndex
 from zarr_torch.models import read_zarr
 from zarr_torch.synth import write_stores
 
@@ -31,6 +38,52 @@ def cmd_info(args: argparse.Namespace) -> int:
             )
     print(f"{len(stores)} store(s)")
     return 0
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    """Index every item of an array in every store under a prefix and save the index."""
+    index = SelectionIndex.build(
+        args.source,
+        array=args.array,
+        media=args.media,
+        storage_options=_options(args.storage_options),
+        progress=True,
+    )
+    size = index.save(args.output)
+    print(
+        f"{args.output}: {len(index.stores)} stores, {len(index.arrays)} arrays, "
+        f"{len(index)} rows, {size} bytes"
+    )
+    return 0
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    """Print what a saved index holds: totals, then rows by array path."""
+    index = SelectionIndex.load(args.file)
+    size = Path(args.file).stat().st_size
+    print(
+        f"{args.file}: format {indexfile.FORMAT_VERSION}, {len(index.stores)} stores, "
+        f"{len(index.arrays)} arrays, {len(index)} rows, {size} bytes"
+    )
+    counts = np.bincount(index.rows["array"], minlength=len(index.arrays))
+    groups: dict[tuple, list[int]] = {}
+    for entry, count in zip(index.arrays, counts, strict=True):
+        group = groups.setdefault((entry.path or "/", entry.media, entry.dtype, entry.shape[1:]), [0, 0])
+        group[0] += 1
+        group[1] += int(count)
+    for (path, media, dtype, item), (arrays, rows) in groups.items():
+        print(f"  {path}  media={media} dtype={dtype} item={item}  {arrays} arrays, {rows} rows")
+    return 0
+
+
+def cmd_index_verify(args: argparse.Namespace) -> int:
+    """Check every store of a saved index against fresh metadata; exit 1 if any changed."""
+    index = SelectionIndex.load(args.file, _options(args.storage_options))
+    changed = index.verify()
+    for uri in changed:
+        print(f"changed: {io.redact_uri(uri)}")
+    print(f"{len(changed)} of {len(index.stores)} stores changed since the index was built")
+    return 1 if changed else 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -61,6 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("uri")
     info.add_argument("--storage-options", help="fsspec options as JSON")
     info.set_defaults(func=cmd_info)
+
+    index = sub.add_parser("index", help="build, inspect and verify a saved SelectionIndex")
+    index_sub = index.add_subparsers(dest="index_command", required=True)
+    build = index_sub.add_parser("build", help="index the stores under a prefix and save the index")
+    build.add_argument("source", help="prefix (folder or fsspec URL) holding the stores")
+    build.add_argument("--array", default="", help="path of the array inside each store")
+    build.add_argument("--media", choices=["image", "audio", "video"], default=None)
+    build.add_argument("-o", "--output", required=True, help="index file to write, e.g. frames.zti")
+    build.add_argument("--storage-options", help="fsspec options as JSON (never saved)")
+    build.set_defaults(func=cmd_index_build)
+    info_index = index_sub.add_parser("info", help="summarize a saved index")
+    info_index.add_argument("file")
+    info_index.set_defaults(func=cmd_index_info)
+    verify = index_sub.add_parser("verify", help="list stores changed since the index was built")
+    verify.add_argument("file")
+    verify.add_argument("--storage-options", help="fsspec options as JSON")
+    verify.set_defaults(func=cmd_index_verify)
 
     synth = sub.add_parser("synth", help="write synthetic stores")
     synth.add_argument("out", help="folder or fsspec URL to write the stores under")

@@ -7,19 +7,29 @@ structured array of 16 bytes a row (array id, start on the leading axis, window 
 
     index = SelectionIndex.build("s3://bucket/episodes/", array="data/camera0_rgb", media="image")
     index[0].read()  # the first frame, (H, W, C)
+    index.save("frames.zti")  # later, in an instant: SelectionIndex.load("frames.zti")
+
+Saved indexes are one file (see :mod:`zarr_torch.indexfile`) holding store URIs, the
+arrays table, a fingerprint of each store's metadata and the raw rows, never storage
+options: those are given again to :meth:`SelectionIndex.load`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+import hashlib
+import json
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import zarr.api.asynchronous as zasync
 from tqdm.auto import tqdm
+from zarr.core.array import AsyncArray
+from zarr.errors import NodeNotFoundError
 
-from zarr_torch import io
+from zarr_torch import indexfile, io
 from zarr_torch.models import Media, ZarrArray, ZarrSelection, ZarrStore, read_zarr
 from zarr_torch.storage import MissingChunkError
 
@@ -29,6 +39,8 @@ ROW_DTYPE = np.dtype([("array", "<u4"), ("start", "<i8"), ("length", "<u4")])
 PROGRESS_MIN_STORES = 32
 
 Source = str | ZarrStore | Sequence[str | ZarrStore]
+#: what a store's fingerprint covers for each indexed array: (path, shape, chunks, dtype).
+Meta = tuple[str, tuple[int, ...], tuple[int, ...], str]
 
 
 @dataclass(frozen=True)
@@ -43,18 +55,25 @@ class ArrayEntry:
     media: Media | None = None
     attrs: dict = field(default_factory=dict, compare=False)
 
+    def meta(self) -> Meta:
+        """What the fingerprint of its store covers: path, shape, chunks and dtype."""
+        return self.path, self.shape, self.chunks, self.dtype
+
 
 class SelectionIndex:
     """The ordered list of selections a dataset serves, stored as columns.
 
-    Build it with :meth:`build` or :meth:`from_selections`; ``len``, ``index[i]``,
-    slicing and iteration work as on a list of ``ZarrSelection``.
+    Build it with :meth:`build` or :meth:`from_selections`, or :meth:`load` a saved one;
+    ``len``, ``index[i]``, slicing, numpy int/bool indexing and iteration work as on a
+    list of ``ZarrSelection``.
     """
 
     def __init__(self, stores: Sequence[ZarrStore], arrays: Sequence[ArrayEntry], rows: np.ndarray):
         self.stores = list(stores)
         self.arrays = list(arrays)
         self.rows = np.asarray(rows, dtype=ROW_DTYPE)
+        #: set when the rows are memory-mapped from a saved file (see ``__getstate__``).
+        self._mapped: indexfile.MappedRows | None = None
 
     # -- building -----------------------------------------------------------------------
 
@@ -91,10 +110,7 @@ class SelectionIndex:
     @classmethod
     def from_selections(cls, selections: Iterable[ZarrSelection]) -> SelectionIndex:
         """An index of ``ZarrSelection`` records (one leading-axis int each), in their order."""
-        store_ids: dict[tuple[str, str], int] = {}
-        array_ids: dict[tuple[int, str, Media | None], int] = {}
-        stores: list[ZarrStore] = []
-        arrays: list[ArrayEntry] = []
+        tables = _Tables()
         ids: list[int] = []
         starts: list[int] = []
         for n, sel in enumerate(selections):
@@ -104,26 +120,71 @@ class SelectionIndex:
                     f"{io.redact_uri(sel.array.store.uri)!r} has index {sel.index}: "
                     "an index holds one int on the leading axis per selection"
                 )
-            store = sel.array.store
-            skey = (store.uri, io.options_key(store.storage_options))
-            if skey not in store_ids:
-                store_ids[skey] = len(stores)
-                stores.append(store)
-            akey = (store_ids[skey], sel.array.path, sel.media)
-            if akey not in array_ids:
-                array_ids[akey] = len(arrays)
-                arrays.append(_entry(akey[0], sel.array, sel.media))
-            ids.append(array_ids[akey])
+            store_id = tables.store_id(sel.array.store)
+            key = (store_id, sel.array.path, sel.media)
+            array_id = tables.array_ids.get(key)
+            if array_id is None:
+                array_id = tables.add_array(key, _entry(store_id, sel.array, sel.media))
+            ids.append(array_id)
             starts.append(sel.index[0])
         rows = np.zeros(len(ids), dtype=ROW_DTYPE)
         rows["array"] = ids
         rows["start"] = starts
-        return cls(stores, arrays, rows)
+        return cls(tables.stores, tables.arrays, rows)
+
+    @classmethod
+    def concat(cls, indexes: Iterable[SelectionIndex]) -> SelectionIndex:
+        """The rows of every index in turn, over merged store and array tables.
+
+        Stores (same URI and options) and arrays (same store, path, metadata and media)
+        shared by several indexes appear once; stores and arrays no row uses are dropped.
+
+            both = SelectionIndex.concat([SelectionIndex.load("a.zti"), SelectionIndex.load("b.zti")])
+        """
+        tables = _Tables()
+        parts = [np.empty(0, dtype=ROW_DTYPE)]
+        for index in indexes:
+            used = np.bincount(index.rows["array"], minlength=len(index.arrays)) > 0
+            remap = np.zeros(len(index.arrays), dtype=np.uint32)
+            for i in np.flatnonzero(used):
+                e = index.arrays[i]
+                merged = replace(e, store=tables.store_id(index.stores[e.store]))
+                remap[i] = tables.add_array(merged, merged)
+            rows = np.array(index.rows)
+            rows["array"] = remap[rows["array"]]
+            parts.append(rows)
+        return cls(tables.stores, tables.arrays, np.concatenate(parts))
+
+    def filter(
+        self, stores: str | Iterable[str] | None = None, arrays: str | Iterable[str] | None = None
+    ) -> SelectionIndex:
+        """The rows in stores with these URIs and arrays at these paths (None: any), in order.
+
+        Unused stores and arrays are dropped; a URI or path the index does not hold is a
+        ``ValueError``.
+
+            val = index.filter(stores=["s3://bucket/ep_0007.zarr"], arrays="data/camera0_rgb")
+        """
+        keep = np.ones(len(self.arrays), dtype=bool)
+        store_uris = [s.uri.rstrip("/") for s in self.stores]
+        for wanted, values, what in [
+            (stores, [store_uris[e.store] for e in self.arrays], "store"),
+            (arrays, [e.path for e in self.arrays], "array"),
+        ]:
+            if wanted is None:
+                continue
+            names = {str(w).rstrip("/") for w in ([wanted] if isinstance(wanted, str) else wanted)}
+            unknown = sorted(names - set(values))
+            if unknown:
+                shown = ", ".join(repr(io.redact_uri(u)) for u in unknown[:5])
+                raise ValueError(f"no {what} {shown} in this index")
+            keep &= np.array([v in names for v in values], dtype=bool)
+        return SelectionIndex.concat([self[keep[self.rows["array"]]]])
 
     def with_storage_options(self, storage_options: dict[str, Any]) -> SelectionIndex:
         """The same index reaching every store with ``storage_options``."""
         stores = [replace_options(s, storage_options) for s in self.stores]
-        return SelectionIndex(stores, self.arrays, self.rows)
+        return self._derive(self.rows, self._mapped, stores)
 
     # -- access -------------------------------------------------------------------------
 
@@ -131,10 +192,11 @@ class SelectionIndex:
         return len(self.rows)
 
     def __getitem__(self, key: int | slice | np.ndarray | Sequence[int]) -> Any:
-        """``index[i]`` is a ``ZarrSelection``; a slice or int array gives a smaller index."""
+        """``index[i]`` is a ``ZarrSelection``; a slice, int or bool array gives a smaller index."""
         if isinstance(key, int | np.integer):
             return self.selection(int(key))
-        return SelectionIndex(self.stores, self.arrays, self.rows[key])
+        mapped = self._mapped[key] if self._mapped is not None and isinstance(key, slice) else None
+        return self._derive(self.rows[key], mapped)
 
     def __iter__(self) -> Iterator[ZarrSelection]:
         return (self.selection(i) for i in range(len(self)))
@@ -166,6 +228,8 @@ class SelectionIndex:
         """``(uri, path, storage_options)`` of every array, by array id, for :mod:`io`."""
         return [(self.stores[e.store].uri, e.path, self.stores[e.store].storage_options) for e in self.arrays]
 
+    # -- checking -----------------------------------------------------------------------
+
     def validate(self) -> None:
         """Open every array concurrently; raise naming the first one missing or changed."""
         for entry, spec, arr in zip(
@@ -176,6 +240,160 @@ class SelectionIndex:
                     f"array {spec[1]!r} in store {io.redact_uri(spec[0])!r} has shape "
                     f"{tuple(arr.shape)}, but the index expects {entry.shape}"
                 )
+
+    def fingerprints(self) -> list[str]:
+        """A digest of the path, shape, chunks and dtype of each store's indexed arrays."""
+        return [_fingerprint(metas) for metas in self._metas_by_store()]
+
+    def verify(self) -> list[str]:
+        """The URIs of stores whose indexed arrays changed since the build; [] if none did.
+
+        Shape, chunks and dtype are read afresh from every store, concurrently, through
+        new store handles (never this process's cached ones). A store or array that is
+        gone, or is now a group, counts as changed.
+
+            changed = SelectionIndex.load("frames.zti", storage_options=opts).verify()
+        """
+        paths = [sorted({m[0] for m in metas}) for metas in self._metas_by_store()]
+        fresh = io.run(io.gather_bounded(_fresh_metas(s, p) for s, p in zip(self.stores, paths, strict=True)))
+        return [
+            store.uri
+            for store, expected, metas in zip(self.stores, self.fingerprints(), fresh, strict=True)
+            if metas is None or _fingerprint(metas) != expected
+        ]
+
+    def _metas_by_store(self) -> list[list[Meta]]:
+        metas: list[list[Meta]] = [[] for _ in self.stores]
+        for e in self.arrays:
+            metas[e.store].append(e.meta())
+        return metas
+
+    # -- persistence --------------------------------------------------------------------
+
+    def save(self, path: indexfile.PathLike) -> int:
+        """Write the index to one file at ``path`` (replaced atomically); return its size in bytes.
+
+        The file holds store URIs and fingerprints, the arrays table and the raw rows; never
+        storage options. A URI with credentials in it (``s3://key:secret@...``) is refused.
+
+            index.save("frames.zti")
+        """
+        index = self if self._compact() else SelectionIndex.concat([self])
+        for store in index.stores:
+            if io.redact_uri(store.uri) != store.uri:
+                raise ValueError(
+                    f"store {io.redact_uri(store.uri)!r} has credentials in its URI, which an index "
+                    "file never holds: give them as storage_options instead"
+                )
+        header = {
+            "row_dtype": [list(f) for f in ROW_DTYPE.descr],
+            "rows": len(index.rows),
+            "stores": [
+                {"uri": s.uri, "fingerprint": fp}
+                for s, fp in zip(index.stores, index.fingerprints(), strict=True)
+            ],
+            "arrays": [asdict(e) for e in index.arrays],
+        }
+        return indexfile.write(path, header, index.rows)
+
+    @classmethod
+    def load(cls, path: indexfile.PathLike, storage_options: dict[str, Any] | None = None) -> SelectionIndex:
+        """The index saved at ``path``, its rows memory-mapped: constant time and memory.
+
+        ``storage_options`` (credentials, endpoint) reach every store; none are saved.
+        Raises ``ValueError`` naming the file when it is not an index, was written by
+        another format version, is truncated or its header is corrupt.
+
+        A loaded index (or a slice of it) pickles to the file's path and its row range,
+        not its rows: a ``spawn`` DataLoader worker maps the same file again, sharing its
+        pages. Replacing the file before the workers start is then a ``ValueError``.
+
+            index = SelectionIndex.load("frames.zti", storage_options={"anon": True})
+        """
+        header, rows, mapped = indexfile.read(path, ROW_DTYPE)
+        options = dict(storage_options or {})
+        try:
+            stores = [ZarrStore(uri=s["uri"], storage_options=options) for s in header["stores"]]
+            arrays = [
+                ArrayEntry(**{**a, "shape": tuple(a["shape"]), "chunks": tuple(a["chunks"])})
+                for a in header["arrays"]
+            ]
+            index = cls(stores, arrays, rows)
+            intact = index.fingerprints() == [s["fingerprint"] for s in header["stores"]]
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
+            raise ValueError(f"{mapped.path}: corrupt index header ({exc!r})") from exc
+        if not intact:
+            raise ValueError(f"{mapped.path}: corrupt index header (arrays do not match fingerprints)")
+        index._mapped = mapped
+        return index
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if self._mapped is not None:
+            state["rows"] = None  # mapped again from the file on unpickling
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._mapped is not None:
+            self.rows = self._mapped.map()
+
+    def _derive(
+        self, rows: np.ndarray, mapped: indexfile.MappedRows | None, stores: list[ZarrStore] | None = None
+    ) -> SelectionIndex:
+        index = SelectionIndex(self.stores if stores is None else stores, self.arrays, rows)
+        index._mapped = mapped
+        return index
+
+    def _compact(self) -> bool:
+        """True when every store and array is used by some row."""
+        used = np.bincount(self.rows["array"], minlength=len(self.arrays)) > 0
+        return bool(used.all()) and len({e.store for e in self.arrays}) == len(self.stores)
+
+
+class _Tables:
+    """Store and array tables being built: each store and array is added once."""
+
+    def __init__(self) -> None:
+        self.stores: list[ZarrStore] = []
+        self.arrays: list[ArrayEntry] = []
+        self._store_ids: dict[tuple[str, str], int] = {}
+        #: array ids by key: (store id, path, media) or the whole entry.
+        self.array_ids: dict[Hashable, int] = {}
+
+    def store_id(self, store: ZarrStore) -> int:
+        """The id of ``store`` (same URI and options), added if new."""
+        key = (store.uri, io.options_key(store.storage_options))
+        if key not in self._store_ids:
+            self._store_ids[key] = len(self.stores)
+            self.stores.append(store)
+        return self._store_ids[key]
+
+    def add_array(self, key: Hashable, entry: ArrayEntry) -> int:
+        """The id of the array known by ``key``, adding ``entry`` if the key is new."""
+        if key not in self.array_ids:
+            self.array_ids[key] = len(self.arrays)
+            self.arrays.append(entry)
+        return self.array_ids[key]
+
+
+def _fingerprint(metas: Iterable[Meta]) -> str:
+    text = json.dumps(sorted(set(metas)), separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+async def _fresh_metas(store: ZarrStore, paths: list[str]) -> list[Meta] | None:
+    """The metadata of ``paths`` read through a new handle on ``store``; None if any is gone."""
+    target = io.make_store(store.uri, store.storage_options)
+    try:
+        nodes = await asyncio.gather(*(zasync.open(store=target, path=p, mode="r") for p in paths))
+    except (FileNotFoundError, NodeNotFoundError):
+        return None
+    if not all(isinstance(n, AsyncArray) for n in nodes):
+        return None
+    return [
+        _entry(0, ZarrArray.from_handle(store, p, n), None).meta() for p, n in zip(paths, nodes, strict=True)
+    ]
 
 
 def resolve_stores(source: Source, storage_options: dict[str, Any] | None = None) -> list[ZarrStore]:
@@ -226,25 +444,41 @@ def _check_chunks(stores: list[ZarrStore], path: str) -> None:
 def _read_entries(
     stores: list[ZarrStore], path: str, media: Media | None, progress: bool | None
 ) -> list[ArrayEntry]:
-    """Open ``path`` in every store concurrently, with a progress bar for large builds."""
+    """Open ``path`` in every store concurrently, with a progress bar for large builds.
+
+    The first store tells the Zarr format; the others are opened as that format first,
+    which reads one metadata document per store instead of probing for v2 and v3 (a
+    store of the other format is then opened again, probing).
+    """
     show = len(stores) >= PROGRESS_MIN_STORES if progress is None else progress
 
     async def read_all() -> list[ArrayEntry]:
-        semaphore = asyncio.Semaphore(io.OPEN_CONCURRENCY)
         bar = tqdm(total=len(stores), desc="reading metadata", unit="store", disable=not show)
 
-        async def one(i: int, store: ZarrStore) -> ArrayEntry:
-            async with semaphore:
+        async def one(i: int, store: ZarrStore, zarr_format: int | None) -> AsyncArray:
+            try:
+                arr = await io.open_array(
+                    store.uri, path, store.storage_options, refresh=True, zarr_format=zarr_format
+                )
+            except FileNotFoundError:
+                if zarr_format is None:
+                    raise
                 arr = await io.open_array(store.uri, path, store.storage_options, refresh=True)
             bar.update()
             if arr.ndim == 0:
                 raise ValueError(f"array {path!r} in store {io.redact_uri(store.uri)!r} is 0-d")
-            return _entry(i, ZarrArray.from_handle(store, path, arr), media)
+            return arr
 
         try:
-            return await asyncio.gather(*(one(i, s) for i, s in enumerate(stores)))
+            first = await one(0, stores[0], None)
+            zarr_format = first.metadata.zarr_format
+            rest = await io.gather_bounded(one(i, s, zarr_format) for i, s in enumerate(stores[1:], 1))
         finally:
             bar.close()
+        return [
+            _entry(i, ZarrArray.from_handle(s, path, arr), media)
+            for i, (s, arr) in enumerate(zip(stores, [first, *rest], strict=True))
+        ]
 
     return io.run(read_all())
 

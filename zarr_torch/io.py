@@ -158,15 +158,17 @@ def get_store(uri: str, storage_options: Options | None = None) -> Store:
 
 
 async def open_node(
-    uri: str, path: str = "", storage_options: Options | None = None
+    uri: str, path: str = "", storage_options: Options | None = None, *, zarr_format: int | None = None
 ) -> AsyncArray | AsyncGroup:
     """Open the array or group at ``path`` in the store at ``uri``.
 
-    Raises ``FileNotFoundError`` naming the store (and the path when the store exists).
+    ``zarr_format`` (2 or 3), when known, reads only that format's metadata documents
+    instead of probing for both. Raises ``FileNotFoundError`` naming the store (and the
+    path when the store exists).
     """
     store = get_store(uri, storage_options)
     try:
-        return await zasync.open(store=store, path=path, mode="r")
+        return await zasync.open(store=store, path=path, mode="r", zarr_format=zarr_format)
     except (FileNotFoundError, NodeNotFoundError) as exc:
         shown = redact_uri(uri)
         if path and await _store_exists(store):
@@ -185,18 +187,24 @@ async def _store_exists(store: Store) -> bool:
 
 
 async def open_array(
-    uri: str, path: str = "", storage_options: Options | None = None, *, refresh: bool = False
+    uri: str,
+    path: str = "",
+    storage_options: Options | None = None,
+    *,
+    refresh: bool = False,
+    zarr_format: int | None = None,
 ) -> AsyncArray:
     """This process's handle on the array at ``path`` in ``uri``, opened once.
 
-    ``refresh=True`` reads the metadata again and replaces the cached handle.
+    ``refresh=True`` reads the metadata again and replaces the cached handle;
+    ``zarr_format`` is passed to :func:`open_node`.
     Raises ``FileNotFoundError`` when it does not exist, ``ValueError`` when it is a group.
     """
     state = process_state()
     key = (uri, path, options_key(storage_options))
     arr = None if refresh else state.arrays.get(key)
     if arr is None:
-        node = await open_node(uri, path, storage_options)
+        node = await open_node(uri, path, storage_options, zarr_format=zarr_format)
         if not isinstance(node, AsyncArray):
             raise ValueError(f"{path or '/'!r} is a group, not an array, in store {redact_uri(uri)!r}")
         arr = state.arrays[key] = node

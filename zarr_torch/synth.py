@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numcodecs
 import numpy as np
 import zarr
+import zarr.api.asynchronous as zasync
 import zarr.codecs
 from tqdm.auto import tqdm
 
@@ -141,4 +142,48 @@ def write_stores(
     return uris
 
 
-__all__ = ["make_actions", "make_frames", "make_state", "write_store", "write_stores"]
+def write_metadata_stores(
+    root: str,
+    *,
+    stores: int,
+    frames: int,
+    size: int = 96,
+    chunk: int = 1,
+    storage_options: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> list[str]:
+    """Write ``stores`` stores whose ``data/camera0_rgb`` has metadata but no chunks.
+
+    Each holds a (frames, size, size, 3) uint8 array and nothing else, so index-scale
+    tests and benchmarks get millions of rows in seconds. Stores are written concurrently;
+    their URIs come back in store order.
+
+        uris = write_metadata_stores("big/", stores=1000, frames=10_000)
+    """
+    uris = [f"{root.rstrip('/')}/episode_{i:05d}.zarr" for i in range(stores)]
+    bar = tqdm(total=stores, desc="writing metadata", unit="store", disable=not progress)
+
+    async def one(uri: str) -> str:
+        target = io.make_store(uri, storage_options, read_only=False)
+        group = await zasync.open_group(store=target, mode="w-")
+        data = await group.create_group("data")
+        await data.create_array(
+            "camera0_rgb", shape=(frames, size, size, 3), dtype="uint8", chunks=(chunk, size, size, 3)
+        )
+        bar.update()
+        return uri
+
+    try:
+        return io.run(io.gather_bounded(one(u) for u in uris))
+    finally:
+        bar.close()
+
+
+__all__ = [
+    "make_actions",
+    "make_frames",
+    "make_state",
+    "write_metadata_stores",
+    "write_store",
+    "write_stores",
+]

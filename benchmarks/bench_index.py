@@ -1,0 +1,328 @@
+"""Benchmark the SelectionIndex: bytes per row, a 10-million-row build and load, S3 builds.
+
+Three measurements, written to ``benchmarks/results/index.json`` and ``index.png``:
+
+1. ``--rows`` rows (10 million) over ``--stores`` local metadata-only stores: build from
+   the prefix, save, and load in a fresh process (time and resident-memory growth read
+   from /proc/self/statm, against the file size); bytes per row in memory and on disk.
+2. ``--s3-stores`` stores (1,000) on moto's S3 server over HTTP on 127.0.0.1, run in its
+   own process: ``SelectionIndex.build`` against opening the stores one after another
+   (``ZarrStore(uri, opts).get_array(path)`` in a loop), side by side.
+3. The same through a TCP proxy that holds every request ``--latency-ms`` (5, 10, 20 ms)
+   before passing it on: loopback has no network latency, object storage does.
+
+    .venv/bin/python benchmarks/bench_index.py
+    .venv/bin/python benchmarks/bench_index.py --rows 1000000 --stores 100 --s3-stores 100  # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import s3fs
+from tqdm.auto import tqdm
+
+from zarr_torch import SelectionIndex, ZarrStore
+from zarr_torch.synth import write_metadata_stores
+
+ARRAY = "data/camera0_rgb"
+RESULTS = Path(__file__).parent / "results"
+
+
+def memory() -> np.ndarray:
+    """Resident and anonymous (resident less file-backed) memory in bytes, from /proc/self/statm."""
+    with open("/proc/self/statm") as f:
+        resident, shared = (int(v) for v in f.read().split()[1:3])
+    return np.array([resident, resident - shared]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+# -- 1. ten million rows, local --------------------------------------------------------------
+
+
+def probe_load(path: str) -> None:
+    """Run in a fresh process: load ``path``, print load time and RSS growth as JSON."""
+    before = memory()
+    index, load_s = timed(lambda: SelectionIndex.load(path))
+    after_load = memory() - before
+    picks = np.random.default_rng(0).integers(0, len(index), 1000)
+    _, access_s = timed(lambda: [index[int(i)] for i in picks])
+    after_picks = memory() - before
+    print(
+        json.dumps(
+            {
+                "load_s": load_s,
+                "rss_growth_after_load_bytes": int(after_load[0]),
+                "anon_growth_after_load_bytes": int(after_load[1]),
+                # random rows fault in their pages (and the kernel's fault-around neighbours):
+                # file-backed, shared with every process mapping the file, reclaimable.
+                "rss_growth_after_1000_selections_bytes": int(after_picks[0]),
+                "anon_growth_after_1000_selections_bytes": int(after_picks[1]),
+                "selection_us": access_s / len(picks) * 1e6,
+                "rows": len(index),
+            }
+        )
+    )
+
+
+def bench_local(work: Path, stores: int, rows: int) -> dict[str, Any]:
+    frames = rows // stores
+    root = str(work / "local")
+    write_metadata_stores(root, stores=stores, frames=frames, progress=True)
+    index, build_s = timed(lambda: SelectionIndex.build(root, array=ARRAY, media="image", progress=True))
+    path = work / "frames.zti"
+    size, save_s = timed(lambda: index.save(path))
+    probe = subprocess.run(
+        [sys.executable, __file__, "--probe-load", str(path)], capture_output=True, text=True, check=True
+    )
+    loaded = json.loads(probe.stdout)
+    assert loaded["rows"] == len(index)
+    return {
+        "stores": stores,
+        "rows": len(index),
+        "build_from_prefix_s": build_s,
+        "rows_per_s": len(index) / build_s,
+        "save_s": save_s,
+        "file_bytes": size,
+        "bytes_per_row_memory": index.rows.nbytes / len(index),
+        "bytes_per_row_disk": size / len(index),
+        **loaded,
+        "rss_growth_over_file_size": loaded["rss_growth_after_load_bytes"] / size,
+    }
+
+
+# -- 2 and 3. a thousand stores on moto's S3 server --------------------------------------------
+
+
+def serve_moto(queue: Any) -> None:
+    """Child process: moto's S3 server on 127.0.0.1; puts its port on ``queue``."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    queue.put(server.get_host_and_port()[1])
+    time.sleep(24 * 3600)
+
+
+def serve_latency_proxy(upstream: int, delay: float, queue: Any) -> None:
+    """Child process: a TCP proxy on 127.0.0.1 to ``upstream`` holding each request ``delay`` s."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: float) -> None:
+        try:
+            while data := await reader.read(65536):
+                if hold:
+                    await asyncio.sleep(hold)
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream)
+        await asyncio.gather(pipe(reader, up_writer, delay), pipe(up_reader, writer, 0))
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        queue.put(server.sockets[0].getsockname()[1])
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def start(target: Callable[..., None], *args: Any) -> tuple[multiprocessing.Process, int]:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=target, args=(*args, queue), daemon=True)
+    process.start()
+    return process, queue.get(timeout=60)
+
+
+def s3_options(port: int) -> dict[str, Any]:
+    return {
+        "key": "bench",
+        "secret": "bench",
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "eu-west-1"},
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid``, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_s3_pair(uris: list[str], prefix: str, port: int, server: int, label: str) -> dict[str, Any]:
+    """Sequential opens, then ``build`` over the same stores, then ``build`` from the prefix.
+
+    ``server`` is the pid of the moto process: its CPU time shows what bounds each run.
+    """
+    options = s3_options(port)
+
+    def sequential() -> None:
+        for uri in tqdm(uris, desc=f"{label}: one after another", unit="store"):
+            ZarrStore(uri=uri, storage_options=options).get_array(ARRAY)
+
+    def run(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+        cpu = cpu_seconds(server)
+        out, seconds = timed(fn)
+        return out, seconds, cpu_seconds(server) - cpu
+
+    _, seq_s, seq_cpu = run(sequential)
+    stores = [ZarrStore(uri=u, storage_options=options) for u in uris]
+    index, build_s, build_cpu = run(lambda: SelectionIndex.build(stores, array=ARRAY, progress=True))
+    from_prefix, prefix_s, _ = run(lambda: SelectionIndex.build(prefix, array=ARRAY, storage_options=options))
+    assert [s.uri for s in from_prefix.stores] == uris and len(index) == len(from_prefix)
+    return {
+        "sequential_s": seq_s,
+        "build_s": build_s,
+        "build_from_prefix_s": prefix_s,
+        "speedup": seq_s / build_s,
+        "speedup_with_discovery": seq_s / prefix_s,
+        "server_cpu_sequential_s": seq_cpu,
+        "server_cpu_build_s": build_cpu,
+    }
+
+
+def bench_s3(stores: int, latencies_ms: list[float]) -> dict[str, Any]:
+    """Write ``stores`` metadata-only stores to moto, then compare at each added latency."""
+    moto, port = start(serve_moto)
+    try:
+        s3fs.S3FileSystem(skip_instance_cache=True, **s3_options(port)).mkdir("bench")
+        uris = write_metadata_stores(
+            "s3://bench/eps", stores=stores, frames=100, storage_options=s3_options(port), progress=True
+        )
+        runs = []
+        for latency in latencies_ms:
+            proxy, proxy_port = start(serve_latency_proxy, port, latency / 1000) if latency else (None, port)
+            try:
+                label = f"+{latency:g} ms" if latency else "loopback"
+                runs.append(
+                    {
+                        "latency_ms": latency,
+                        **bench_s3_pair(uris, "s3://bench/eps", proxy_port, moto.pid, label),
+                    }
+                )
+            finally:
+                if proxy is not None:
+                    proxy.kill()
+        return {"stores": stores, "runs": runs}
+    finally:
+        moto.kill()
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    local, s3 = results["local"], results["s3"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+
+    ax = axes[0]
+    runs = s3["runs"]
+    x = np.arange(len(runs))
+    seq = [r["sequential_s"] for r in runs]
+    build = [r["build_s"] for r in runs]
+    ax.bar(x - 0.2, seq, 0.4, label="open one after another")
+    ax.bar(x + 0.2, build, 0.4, label="SelectionIndex.build")
+    for xi, r in zip(x, runs, strict=True):
+        ax.annotate(f"{r['speedup']:.1f}x", (xi + 0.2, r["build_s"]), ha="center", va="bottom")
+    ax.set_xticks(x, [f"+{r['latency_ms']:g} ms" if r["latency_ms"] else "loopback" for r in runs])
+    ax.set_xlabel("latency added to every request")
+    ax.set_ylabel("seconds")
+    ax.set_title(f"{s3['stores']} stores on moto S3")
+    ax.legend()
+
+    ax = axes[1]
+    names = ["build", "save", "load"]
+    values = [local["build_from_prefix_s"], local["save_s"], local["load_s"]]
+    ax.bar(names, values, color=["C0", "C1", "C2"])
+    for i, v in enumerate(values):
+        ax.annotate(f"{v:.3g} s", (i, v), ha="center", va="bottom")
+    ax.set_ylabel("seconds")
+    ax.set_title(f"{local['rows'] / 1e6:g} M rows over {local['stores']} local stores")
+
+    ax = axes[2]
+    mib = 2**20
+    names = ["file", "RSS growth\nafter load", "RSS after 1000\nrandom rows", "of which\nanonymous"]
+    values = [
+        local["file_bytes"] / mib,
+        local["rss_growth_after_load_bytes"] / mib,
+        local["rss_growth_after_1000_selections_bytes"] / mib,
+        local["anon_growth_after_1000_selections_bytes"] / mib,
+    ]
+    ax.bar(names, values, color=["C7", "C2", "C2", "C3"])
+    for i, v in enumerate(values):
+        ax.annotate(f"{v:.3g} MiB", (i, v), ha="center", va="bottom")
+    ax.set_ylabel("MiB")
+    ax.set_title(f"load maps the rows ({local['bytes_per_row_disk']:.2f} bytes/row on disk)")
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--stores", type=int, default=1000, help="local stores holding --rows")
+    parser.add_argument("--s3-stores", type=int, default=1000)
+    parser.add_argument(
+        "--latency-ms", type=float, nargs="+", default=[0, 5, 10, 20], help="0: straight to moto"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--probe-load", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.probe_load:
+        probe_load(args.probe_load)
+        return 0
+
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    with tempfile.TemporaryDirectory(prefix="bench_index_") as tmp:
+        local = bench_local(Path(tmp), args.stores, args.rows)
+    s3 = bench_s3(args.s3_stores, args.latency_ms)
+    results = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip(),
+        "local": local,
+        "s3": s3,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "index.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, args.out / "index.png")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

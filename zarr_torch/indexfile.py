@@ -1,0 +1,158 @@
+"""The index file (``.zti``): one saved :class:`~zarr_torch.index.SelectionIndex`.
+
+One file, little-endian, readable without parsing its rows::
+
+    bytes 0-7     magic b"\\x89ZTI\\r\\n\\x1a\\n"
+    bytes 8-11    format version (u4), now 1
+    bytes 12-15   0, reserved
+    bytes 16-23   length of the JSON header in bytes (u8)
+    bytes 24-     the JSON header: row dtype, row count, stores (uri and metadata
+                  fingerprint, never storage options), arrays table
+    zero padding  up to the next multiple of 4096, so the rows start on a page
+    rows          the raw row records, row count x 16 bytes, to the end of the file
+
+The rows are memory-mapped on read: reading is constant in time and memory whatever the
+row count, and processes reading the same file share its pages.
+
+    write("frames.zti", header, rows)
+    header, rows, mapped = read("frames.zti", ROW_DTYPE)
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"\x89ZTI\r\n\x1a\n"
+FORMAT_VERSION = 1
+#: the rows start at a multiple of this many bytes (a memory page).
+ALIGN = 4096
+_PREAMBLE = struct.Struct("<8sIIQ")
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class MappedRows:
+    """Which rows of which index file an index holds: enough to map them again elsewhere.
+
+    A loaded index pickles to this instead of its rows, so a ``spawn`` worker maps the
+    same file (sharing its pages) rather than receiving a copy of every row.
+
+        rows = mapped[10:20].map()
+    """
+
+    path: str
+    offset: int
+    count: int
+    dtype: np.dtype
+    #: (device, inode, size, mtime in ns) of the file when it was first mapped.
+    identity: tuple[int, int, int, int]
+    #: the rows held, as positions in the file's row table.
+    span: range
+
+    def __getitem__(self, key: slice) -> MappedRows:
+        return replace(self, span=self.span[key])
+
+    def map(self) -> np.ndarray:
+        """The rows, memory-mapped; ValueError if the file changed since it was first mapped."""
+        with open(self.path, "rb") as f:
+            if _identity(os.fstat(f.fileno())) != self.identity:
+                raise ValueError(f"{self.path}: the index file changed since it was loaded; load it again")
+            rows = _map(f, self.dtype, self.offset, self.count)
+        span = self.span
+        return rows[span.start : span.stop if span.stop >= 0 else None : span.step]
+
+
+def rows_offset(header_length: int) -> int:
+    """Where the rows start after a JSON header of ``header_length`` bytes."""
+    end = _PREAMBLE.size + header_length
+    return -(-end // ALIGN) * ALIGN
+
+
+def write(path: PathLike, header: dict[str, Any], rows: np.ndarray) -> int:
+    """Write ``header`` and ``rows`` to ``path`` atomically; return the file size in bytes.
+
+    The file is written beside ``path`` and renamed over it, so a reader (or a process
+    that has the old file mapped) never sees a half-written index.
+    """
+    path = Path(path)
+    body = json.dumps(header, separators=(",", ":")).encode()
+    offset = rows_offset(len(body))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(body)))
+            f.write(body)
+            f.write(bytes(offset - _PREAMBLE.size - len(body)))
+            f.write(np.ascontiguousarray(rows).view(np.uint8))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return offset + rows.nbytes
+
+
+def read(path: PathLike, dtype: np.dtype) -> tuple[dict[str, Any], np.ndarray, MappedRows]:
+    """The JSON header and the memory-mapped rows of the index file at ``path``.
+
+    Raises ``ValueError`` naming the file when it is not an index file, was written by
+    another format version, holds rows of another layout, or is truncated.
+    """
+    name = os.fspath(path)
+    with open(name, "rb") as f:
+        stat = os.fstat(f.fileno())
+        preamble = f.read(_PREAMBLE.size)
+        if preamble[: len(MAGIC)] != MAGIC:
+            raise ValueError(f"{name}: not a zarr_torch index file (it does not start with the ZTI magic)")
+        if len(preamble) < _PREAMBLE.size:
+            raise ValueError(f"{name}: truncated index file ({stat.st_size} bytes)")
+        _, version, _, header_length = _PREAMBLE.unpack(preamble)
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{name}: index format version {version} is not supported; this zarr_torch reads "
+                f"version {FORMAT_VERSION} (build the index again, or use a matching zarr_torch)"
+            )
+        offset = rows_offset(header_length)
+        if stat.st_size < offset:
+            raise ValueError(f"{name}: truncated index file ({stat.st_size} bytes, header cut short)")
+        body = f.read(header_length)
+        try:
+            header = json.loads(body)
+            count = int(header["rows"])
+            layout = np.dtype([tuple(field) for field in header["row_dtype"]])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{name}: corrupt index header ({exc})") from exc
+        if layout != dtype:
+            raise ValueError(f"{name}: rows of layout {layout} are not supported (expected {dtype})")
+        expected = offset + count * dtype.itemsize
+        if stat.st_size != expected:
+            state = "truncated" if stat.st_size < expected else "corrupt"
+            raise ValueError(
+                f"{name}: {state} index file ({stat.st_size} bytes, its header promises "
+                f"{count} rows in {expected} bytes)"
+            )
+        rows = _map(f, dtype, offset, count)
+    mapped = MappedRows(name, offset, count, dtype, _identity(stat), range(count))
+    return header, rows, mapped
+
+
+def _map(f: Any, dtype: np.dtype, offset: int, count: int) -> np.ndarray:
+    if count == 0:  # mmap cannot map an empty range
+        return np.empty(0, dtype=dtype)
+    buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+__all__ = ["FORMAT_VERSION", "MAGIC", "MappedRows", "read", "rows_offset", "write"]
