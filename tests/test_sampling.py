@@ -1,0 +1,103 @@
+"""ChunkAwareSampler: every index once, few chunks per batch, equal shares, exact resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from zarr_torch import SelectionIndex, ZarrStore
+from zarr_torch.index import ROW_DTYPE, ArrayEntry
+from zarr_torch.sampling import ChunkAwareSampler
+
+
+def index_of(lengths: list[int], chunk: int = 16) -> SelectionIndex:
+    """An index over arrays of ``lengths`` frames chunked by ``chunk`` (metadata only)."""
+    arrays = [
+        ArrayEntry(store=i, path="x", shape=(n, 4), chunks=(chunk, 4), dtype="uint8")
+        for i, n in enumerate(lengths)
+    ]
+    rows = np.zeros(sum(lengths), dtype=ROW_DTYPE)
+    rows["array"] = np.repeat(np.arange(len(lengths)), lengths)
+    rows["start"] = np.concatenate([np.arange(n) for n in lengths])
+    return SelectionIndex([ZarrStore(uri=f"s{i}.zarr") for i in range(len(lengths))], arrays, rows)
+
+
+def chunks_per_batch(index: SelectionIndex, order: np.ndarray, batch: int = 16) -> float:
+    key = index.rows["array"].astype(np.int64) * 10**9 + index.rows["start"] // 16
+    return float(
+        np.mean([len(set(key[order[i : i + batch]])) for i in range(0, len(order) - batch + 1, batch)])
+    )
+
+
+def test_every_index_once_and_a_new_order_each_epoch():
+    index = index_of([200, 37, 123])
+    sampler = ChunkAwareSampler(index, seed=3)
+    orders = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert sorted(order) == list(range(360)) and len(sampler) == 360
+        orders.append(order)
+    assert orders[0] != orders[1] != orders[2]
+    sampler.set_epoch(1)
+    assert list(sampler) == orders[1], "an epoch's order depends only on seed and epoch"
+
+
+def test_batches_touch_few_chunks():
+    index = index_of([400] * 10)
+    order = np.array(list(ChunkAwareSampler(index, seed=0)))
+    plain = np.random.default_rng(0).permutation(len(index))
+    assert chunks_per_batch(index, order) <= 4
+    assert chunks_per_batch(index, plain) > 12
+
+
+def test_block_size_and_no_shuffle():
+    index = index_of([64, 64])
+    assert list(ChunkAwareSampler(index, shuffle=False)) == list(range(128))
+    order = np.array(list(ChunkAwareSampler(index, block_size=8, buffer_blocks=1)))
+    assert all(len(set(order[i : i + 8] // 8)) == 1 for i in range(0, 128, 8)), "whole blocks of 8"
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_ranks_get_equal_shares_that_cover_everything(replicas, drop_last):
+    index = index_of([100, 61])
+    shares = [
+        list(ChunkAwareSampler(index, seed=1, num_replicas=replicas, rank=r, drop_last=drop_last))
+        for r in range(replicas)
+    ]
+    assert len({len(s) for s in shares}) == 1, "every rank runs the same number of samples"
+    seen = [i for s in shares for i in s]
+    if drop_last:
+        assert len(seen) == 161 // replicas * replicas and len(set(seen)) == len(seen)
+    else:
+        assert set(seen) == set(range(161)) and len(seen) == -(-161 // replicas) * replicas
+    for share in shares:
+        assert chunks_per_batch(index, np.array(share)) <= 4, "each rank's order stays chunk-aware"
+
+
+def test_resume_continues_with_exactly_the_remaining_indices():
+    index = index_of([300, 50])
+    sampler = ChunkAwareSampler(index, seed=5, num_replicas=2, rank=1)
+    sampler.set_epoch(4)
+    full = list(sampler)
+    it = iter(sampler)
+    head = [next(it) for _ in range(57)]
+    state = sampler.state_dict()
+    assert state == {"epoch": 4, "seed": 5, "cursor": 57}
+    fresh = ChunkAwareSampler(index, seed=0, num_replicas=2, rank=1)
+    fresh.load_state_dict(state)
+    assert head + list(fresh) == full
+    assert list(fresh) == full, "after the resumed epoch, the next one starts from the top"
+
+
+def test_bad_arguments():
+    index = index_of([10])
+    with pytest.raises(ValueError, match="rank 2 is out of range for 2 replicas"):
+        ChunkAwareSampler(index, num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match="buffer_blocks must be at least 1"):
+        ChunkAwareSampler(index, buffer_blocks=0)
+    with pytest.raises(ValueError, match="cursor 11 is out of range for 10 samples"):
+        ChunkAwareSampler(index).load_state_dict({"epoch": 0, "seed": 0, "cursor": 11})
+    with pytest.raises(TypeError, match="needs a ZarrFrameDataset or SelectionIndex"):
+        ChunkAwareSampler(list(range(10)))
