@@ -153,6 +153,11 @@ def test_a_key_that_never_recovers_is_a_read_error(s3_stores, s3_options, s3_end
         ) as info:
             ds.__getitems__([0, 5])
         assert is_transient(info.value.__cause__)
+        tries = sum(n for (_, path), n in proxy.requests.items() if path.endswith(bad))
+        assert 3 <= tries <= 3 * 5, (
+            f"the dataset's policy (3 attempts, s3fs's 5 each) bounds the tries, not {tries}"
+        )
+
         np.testing.assert_array_equal(ds[0].numpy(), reference(STORES, FRAMES)[0])
 
 

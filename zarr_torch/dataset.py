@@ -81,7 +81,14 @@ class ZarrFrameDataset(Dataset):
         rows = self.index.rows[idx]
         specs = self.index.array_specs()
         frames = io.run(
-            io.read_items(specs, rows["array"], rows["start"], strict=self.strict, return_exceptions=True)
+            io.read_items(
+                specs,
+                rows["array"],
+                rows["start"],
+                strict=self.strict,
+                retry=self.retry,
+                return_exceptions=True,
+            )
         )
         samples = []
         for i, row, frame in zip(idx, rows, frames, strict=True):
