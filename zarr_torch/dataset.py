@@ -9,20 +9,22 @@ the arrays it reads lazily, once (see :mod:`zarr_torch.io`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from zarr_torch import io
+from zarr_torch import io, windows
 from zarr_torch.errors import ReadError, SkipLog
 from zarr_torch.index import SelectionIndex, Source
 from zarr_torch.models import Media, ZarrSelection
 from zarr_torch.storage import RetryPolicy
 
 DatasetSource = SelectionIndex | Source | Sequence[ZarrSelection]
+Transform = Callable[[Any], Any]
 
 
 class ZarrFrameDataset(Dataset):
@@ -32,6 +34,12 @@ class ZarrFrameDataset(Dataset):
     list of URIs / ``ZarrStore`` (then ``array`` names the array inside each store).
     ``ds[i]`` is the frame as a tensor of the stored shape and dtype (HWC stays HWC), or
     ``transform(frame)`` of the numpy frame when a transform is given.
+
+    ``window=T`` (with ``stride``, ``episode_ends``, ``pad_before``, ``pad_after``; see
+    :meth:`SelectionIndex.build`) makes a sample ``T`` consecutive frames (T, H, W, C)
+    inside one episode. ``arrays={"image": "data/camera0_rgb", "action": "data/action"}``
+    makes a sample a dict of those arrays aligned on the leading axis; ``transform`` may
+    then be a dict of per-key transforms (keys without one become tensors).
 
     Every store and array is checked when the dataset is made, except for a prebuilt
     ``SelectionIndex``, which is trusted so that training starts at once
@@ -49,16 +57,37 @@ class ZarrFrameDataset(Dataset):
         source: DatasetSource,
         *,
         array: str = "",
+        arrays: Mapping[str, str] | None = None,
         media: Media | None = None,
-        transform: Callable[[np.ndarray], Any] | None = None,
+        transform: Transform | Mapping[str, Transform] | None = None,
         storage_options: dict[str, Any] | None = None,
+        window: int | None = None,
+        stride: int = 1,
+        episode_ends: str | None = None,
+        pad_before: int = 0,
+        pad_after: int = 0,
         on_error: Literal["raise", "skip"] = "raise",
         strict: bool = False,
         retry: RetryPolicy | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-        self.index = _to_index(source, array, media, storage_options)
+        if arrays is not None and (array or not arrays):
+            raise ValueError("give one array or a non-empty dict of arrays, not both")
+        paths = dict(arrays) if arrays is not None else {None: array}
+        windowing = {
+            "window": window,
+            "stride": stride,
+            "episode_ends": episode_ends,
+            "pad_before": pad_before,
+            "pad_after": pad_after,
+        }
+        first = _to_index(source, next(iter(paths.values())), media, storage_options, windowing)
+        #: one index per sample key (``None`` for single-array samples), all with the same rows.
+        self.indexes = {key: _on_path(first, path) if arrays else first for key, path in paths.items()}
+        self.index = next(iter(self.indexes.values()))
+        if isinstance(transform, Mapping) and (arrays is None or set(transform) - set(arrays)):
+            raise ValueError(f"per-key transforms {sorted(transform)} need arrays with those keys")
         self.transform = transform
         self.on_error = on_error
         self.strict = strict
@@ -75,13 +104,34 @@ class ZarrFrameDataset(Dataset):
         """The samples at ``indices``, in order: the batch path ``DataLoader`` calls.
 
         Reads are grouped by array and chunk so each chunk is fetched and decoded once
-        per batch, and the groups are read concurrently.
+        per batch, a window is one slice per chunk run, and every group of every array
+        is read concurrently.
         """
         idx = self._check(indices)
-        rows = self.index.rows[idx]
-        specs = self.index.array_specs()
-        frames = io.run(
-            io.read_items(
+        keys = list(self.indexes)
+        reads = io.run(self._read_all(idx))
+        samples = []
+        for k, i in enumerate(idx.tolist()):
+            parts = {key: read[k] for key, read in zip(keys, reads, strict=True)}
+            failed = [key for key, part in parts.items() if isinstance(part, BaseException)]
+            if failed:
+                err = self._error(i, failed[0], parts[failed[0]])
+                if self.skips is None:
+                    raise err from parts[failed[0]]
+                self.skips.record(err)
+                continue
+            samples.append(self._sample(parts))
+        return samples
+
+    async def _read_all(self, idx: np.ndarray) -> list[list[Any]]:
+        return await asyncio.gather(*(self._read(index, index.rows[idx]) for index in self.indexes.values()))
+
+    async def _read(self, index: SelectionIndex, rows: np.ndarray) -> list[Any]:
+        """The items (or windows, edge frames repeated) of ``rows``; exceptions in place."""
+        specs, lengths = index.array_specs(), rows["length"]
+        window = int(lengths.max()) if len(rows) else 0
+        if window == 0:
+            return await io.read_items(
                 specs,
                 rows["array"],
                 rows["start"],
@@ -89,17 +139,42 @@ class ZarrFrameDataset(Dataset):
                 retry=self.retry,
                 return_exceptions=True,
             )
+        if (lengths != window).any():
+            raise ValueError(f"an index mixes windows of {sorted(set(lengths.tolist()))} frames")
+        first, end, size = index.bounds()[rows["array"]].T
+        starts = rows["start"]
+        # Read T frames inside the array that cover every frame the window shows.
+        read_at = np.clip(
+            np.where(end - first >= window, np.clip(starts, first, end - window), first), 0, size - window
         )
-        samples = []
-        for i, row, frame in zip(idx, rows, frames, strict=True):
-            if isinstance(frame, BaseException):
-                err = _read_error(int(i), specs[int(row["array"])], int(row["start"]), frame)
-                if self.skips is None:
-                    raise err from frame
-                self.skips.record(err)
-                continue
-            samples.append(self._sample(frame))
-        return samples
+        blocks = await io.read_items(
+            specs,
+            rows["array"],
+            read_at,
+            window,
+            strict=self.strict,
+            retry=self.retry,
+            return_exceptions=True,
+        )
+        return [
+            b if isinstance(b, BaseException) or s == r else b[windows.frame_positions(s, window, f, e) - r]
+            for b, s, r, f, e in zip(
+                blocks, starts.tolist(), read_at.tolist(), first.tolist(), end.tolist(), strict=True
+            )
+        ]
+
+    def _error(self, i: int, key: str | None, cause: BaseException) -> ReadError:
+        index = self.indexes[key]
+        array_id, start = int(index.rows["array"][i]), int(index.rows["start"][i])
+        uri, path, options = index.array_specs()[array_id]
+        shown = io.redact_uri(uri)
+        detail = io.scrub(f"{type(cause).__name__}: {cause}", options)
+        return ReadError(
+            f"cannot read sample {i}: array {path!r} in store {shown!r}, index {start}: {detail}",
+            uri=shown,
+            array=path,
+            index=i,
+        )
 
     def skip_summary(self, reset: bool = True) -> dict[str, int]:
         """Samples skipped by every process (workers included), per store, logged once.
@@ -122,25 +197,26 @@ class ZarrFrameDataset(Dataset):
             raise IndexError(f"index {int(idx[bad][0])} is out of range for a dataset of {len(self)} frames")
         return idx
 
-    def _sample(self, frame: np.ndarray) -> Any:
-        if self.transform is not None:
-            return self.transform(frame)
-        return torch.from_numpy(np.require(frame, requirements=["C", "W"]))
+    def _sample(self, parts: dict[str | None, np.ndarray]) -> Any:
+        if None in parts:
+            frame = parts[None]
+            return self.transform(frame) if self.transform is not None else _tensor(frame)
+        if self.transform is not None and not isinstance(self.transform, Mapping):
+            return self.transform(parts)
+        per_key = self.transform or {}
+        return {key: per_key[key](v) if key in per_key else _tensor(v) for key, v in parts.items()}
 
     def __repr__(self) -> str:
         return f"ZarrFrameDataset({self.index!r}, transform={self.transform!r})"
 
 
-def _read_error(i: int, spec: tuple[str, str, dict], start: int, cause: BaseException) -> ReadError:
-    uri, path, options = spec
-    shown = io.redact_uri(uri)
-    detail = io.scrub(f"{type(cause).__name__}: {cause}", options)
-    return ReadError(
-        f"cannot read sample {i}: array {path!r} in store {shown!r}, index {start}: {detail}",
-        uri=shown,
-        array=path,
-        index=i,
-    )
+def _tensor(frame: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.require(frame, requirements=["C", "W"]))
+
+
+def _on_path(index: SelectionIndex, path: str) -> SelectionIndex:
+    """``index`` reading ``path``: itself when it already does."""
+    return index if all(e.path == path for e in index.arrays) else index.with_path(path)
 
 
 def skip_collate(batch: list[Any]) -> Any:
@@ -156,7 +232,19 @@ def _to_index(
     array: str,
     media: Media | None,
     storage_options: dict[str, Any] | None,
+    windowing: dict[str, Any],
 ) -> SelectionIndex:
+    built = isinstance(source, SelectionIndex) or (
+        not isinstance(source, str) and bool(source) and all(isinstance(s, ZarrSelection) for s in source)
+    )
+    if built and windowing != {
+        "window": None,
+        "stride": 1,
+        "episode_ends": None,
+        "pad_before": 0,
+        "pad_after": 0,
+    }:
+        raise ValueError("windows are made when an index is built: pass window= to SelectionIndex.build")
     if isinstance(source, SelectionIndex):
         return source if storage_options is None else source.with_storage_options(storage_options)
     items = [source] if isinstance(source, str) else list(source)
@@ -166,4 +254,6 @@ def _to_index(
             index = index.with_storage_options(storage_options)
         index.validate()
         return index
-    return SelectionIndex.build(source, array=array, media=media, storage_options=storage_options)
+    return SelectionIndex.build(
+        source, array=array, media=media, storage_options=storage_options, **windowing
+    )

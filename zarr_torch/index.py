@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -29,9 +30,11 @@ from tqdm.auto import tqdm
 from zarr.core.array import AsyncArray
 from zarr.errors import NodeNotFoundError
 
-from zarr_torch import indexfile, io
+from zarr_torch import indexfile, io, windows
 from zarr_torch.models import Media, ZarrArray, ZarrSelection, ZarrStore, read_zarr
 from zarr_torch.storage import MissingChunkError
+
+logger = logging.getLogger("zarr_torch")
 
 #: one row: which array, where on its leading axis, how many frames (0: one item).
 ROW_DTYPE = np.dtype([("array", "<u4"), ("start", "<i8"), ("length", "<u4")])
@@ -54,6 +57,12 @@ class ArrayEntry:
     dtype: str
     media: Media | None = None
     attrs: dict = field(default_factory=dict, compare=False)
+    #: for window rows: the episode ``[first, end)`` on the leading axis windows stay in.
+    episode: tuple[int, int] | None = None
+
+    def bounds(self) -> tuple[int, int]:
+        """The frames rows of this entry may show: its episode, or the whole array."""
+        return self.episode or (0, self.shape[0])
 
     def meta(self) -> Meta:
         """What the fingerprint of its store covers: path, shape, chunks and dtype."""
@@ -87,8 +96,20 @@ class SelectionIndex:
         storage_options: dict[str, Any] | None = None,
         progress: bool | None = None,
         check_chunks: bool = False,
+        window: int | None = None,
+        stride: int = 1,
+        episode_ends: str | None = None,
+        pad_before: int = 0,
+        pad_after: int = 0,
     ) -> SelectionIndex:
         """One row per item on the leading axis of ``array`` in every store of ``source``.
+
+        With ``window=T`` a row is instead ``T`` consecutive frames, every ``stride``
+        frames, never crossing an episode: stores always end one, and ``episode_ends``
+        (e.g. ``"meta/episode_ends"``) names each store's array of cumulative episode
+        ends. ``pad_before``/``pad_after`` let windows start before an episode's first
+        frame or end after its last (the edge frame repeats), so an episode of ``L``
+        frames gives ``L - T + 1 + pad_before + pad_after`` windows at stride 1.
 
         ``source`` is a prefix (searched with :func:`read_zarr`), a store URI, or a list of
         URIs or ``ZarrStore``. Metadata is read concurrently; a missing store or array
@@ -99,6 +120,11 @@ class SelectionIndex:
         entries = _read_entries(stores, array, media, progress)
         if check_chunks:
             _check_chunks(stores, array)
+        if window is not None:
+            ends = _episode_ends(stores, episode_ends) if episode_ends else [[e.shape[0]] for e in entries]
+            return cls(stores, *_window_rows(stores, entries, ends, window, stride, pad_before, pad_after))
+        if (stride, episode_ends, pad_before, pad_after) != (1, None, 0, 0):
+            raise ValueError("stride, episode_ends and padding need a window")
         lengths = np.array([e.shape[0] for e in entries], dtype=np.int64)
         rows = np.empty(int(lengths.sum()), dtype=ROW_DTYPE)
         rows["array"] = np.repeat(np.arange(len(entries), dtype=np.uint32), lengths)
@@ -205,12 +231,56 @@ class SelectionIndex:
         return f"SelectionIndex(stores={len(self.stores)}, arrays={len(self.arrays)}, rows={len(self.rows)})"
 
     def selection(self, i: int) -> ZarrSelection:
-        """The ``ZarrSelection`` behind row ``i`` (negative counts from the end)."""
+        """The ``ZarrSelection`` behind row ``i`` (negative counts from the end).
+
+        For a window row it is the window's first frame inside its episode; the
+        window's length is ``rows["length"][i]``.
+        """
         n = len(self.rows)
         if not -n <= i < n:
             raise IndexError(f"index {i} is out of range for {n} selections")
         array_id, start = int(self.rows["array"][i]), int(self.rows["start"][i])
+        first, end = self.arrays[array_id].bounds()
+        start = min(max(start, first), end - 1)
         return self.zarr_array(array_id).select(start, media=self.arrays[array_id].media)
+
+    def bounds(self) -> np.ndarray:
+        """Per array id: (first, end) of the frames its rows may show, and its length."""
+        if getattr(self, "_bounds", None) is None:
+            self._bounds = np.array([(*e.bounds(), e.shape[0]) for e in self.arrays], dtype=np.int64).reshape(
+                -1, 3
+            )
+        return self._bounds
+
+    def with_path(self, path: str) -> SelectionIndex:
+        """The same rows, reading array ``path`` of each store instead (read concurrently).
+
+        For samples of several arrays aligned on the leading axis; an array of another
+        length than the indexed one is a ``ValueError`` naming both.
+
+            actions = frames_index.with_path("data/action")
+        """
+        specs = [(self.stores[e.store].uri, path, self.stores[e.store].storage_options) for e in self.arrays]
+        opened = io.open_arrays(specs, refresh=True)
+        arrays = []
+        for entry, (uri, _, _), arr in zip(self.arrays, specs, opened, strict=True):
+            if arr.shape[0] != entry.shape[0]:
+                raise ValueError(
+                    f"store {io.redact_uri(uri)!r}: {path!r} has {arr.shape[0]} items on its leading "
+                    f"axis but {entry.path!r} has {entry.shape[0]}"
+                )
+            arrays.append(
+                replace(
+                    entry,
+                    path=path,
+                    shape=tuple(arr.shape),
+                    chunks=tuple(arr.chunks),
+                    dtype=str(arr.dtype),
+                    media=None,
+                    attrs=dict(arr.attrs),
+                )
+            )
+        return self._derive(self.rows, self._mapped, arrays=arrays)
 
     def zarr_array(self, array_id: int) -> ZarrArray:
         """The ``ZarrArray`` model of array ``array_id``."""
@@ -315,7 +385,14 @@ class SelectionIndex:
         try:
             stores = [ZarrStore(uri=s["uri"], storage_options=options) for s in header["stores"]]
             arrays = [
-                ArrayEntry(**{**a, "shape": tuple(a["shape"]), "chunks": tuple(a["chunks"])})
+                ArrayEntry(
+                    **{
+                        **a,
+                        "shape": tuple(a["shape"]),
+                        "chunks": tuple(a["chunks"]),
+                        "episode": tuple(a["episode"]) if a.get("episode") else None,
+                    }
+                )
                 for a in header["arrays"]
             ]
             index = cls(stores, arrays, rows)
@@ -339,9 +416,15 @@ class SelectionIndex:
             self.rows = self._mapped.map()
 
     def _derive(
-        self, rows: np.ndarray, mapped: indexfile.MappedRows | None, stores: list[ZarrStore] | None = None
+        self,
+        rows: np.ndarray,
+        mapped: indexfile.MappedRows | None,
+        stores: list[ZarrStore] | None = None,
+        arrays: list[ArrayEntry] | None = None,
     ) -> SelectionIndex:
-        index = SelectionIndex(self.stores if stores is None else stores, self.arrays, rows)
+        index = SelectionIndex(
+            self.stores if stores is None else stores, self.arrays if arrays is None else arrays, rows
+        )
         index._mapped = mapped
         return index
 
@@ -428,6 +511,57 @@ def _entry(store_id: int, arr: ZarrArray, media: Media | None) -> ArrayEntry:
         media=media,
         attrs=dict(arr.attrs),
     )
+
+
+def _episode_ends(stores: list[ZarrStore], path: str) -> list[np.ndarray]:
+    """Every store's cumulative episode ends, read concurrently."""
+
+    async def read(store: ZarrStore) -> np.ndarray:
+        arr = await io.open_array(store.uri, path, store.storage_options, refresh=True)
+        return np.asarray(await arr.getitem(...))
+
+    return io.run(io.gather_bounded(map(read, stores)))
+
+
+def _window_rows(
+    stores: list[ZarrStore],
+    entries: list[ArrayEntry],
+    ends: list[np.ndarray],
+    window: int,
+    stride: int,
+    pad_before: int,
+    pad_after: int,
+) -> tuple[list[ArrayEntry], np.ndarray]:
+    """One array entry per episode that has windows, and one row per window."""
+    windows.check_window(window, stride, pad_before, pad_after)
+    spans = []
+    for store, entry, store_ends in zip(stores, entries, ends, strict=True):
+        try:
+            spans.append(windows.episodes(store_ends, entry.shape[0]))
+        except ValueError as exc:
+            raise ValueError(f"store {io.redact_uri(store.uri)!r}: {exc}") from None
+    longest = max(end - first for store_spans in spans for first, end in store_spans)
+    if window > longest:
+        raise ValueError(f"window {window} is longer than every episode (the longest has {longest} frames)")
+    arrays: list[ArrayEntry] = []
+    starts: list[np.ndarray] = []
+    short = 0
+    for entry, store_spans in zip(entries, spans, strict=True):
+        for first, end in store_spans:
+            s = windows.window_starts(first, end, window, stride, pad_before, pad_after)
+            if len(s) == 0:
+                short += 1
+                continue
+            arrays.append(replace(entry, episode=(first, end)))
+            starts.append(s)
+    if short:
+        logger.warning("%d episode(s) shorter than the %d-frame window give no samples", short, window)
+    counts = np.array([len(s) for s in starts], dtype=np.int64)
+    rows = np.empty(int(counts.sum()), dtype=ROW_DTYPE)
+    rows["array"] = np.repeat(np.arange(len(arrays), dtype=np.uint32), counts)
+    rows["start"] = np.concatenate(starts)
+    rows["length"] = window
+    return arrays, rows
 
 
 def _check_chunks(stores: list[ZarrStore], path: str) -> None:
