@@ -28,3 +28,17 @@ def test_train_classifier(tmp_path):
     out = run_example("train_classifier.py", str(tmp_path / "d"), "--workers", "2")
     assert "48 frames from 3 stores" in out
     assert "epoch 0: loss" in out and "frames/s" in out
+
+
+def test_train_policy_windows(tmp_path):
+    write_stores(str(tmp_path / "d"), stores=2, frames=[9, 12], size=16, chunk=4)
+    out = run_example("train_policy_windows.py", str(tmp_path / "d"), "--window", "4", "--workers", "2")
+    windows = 2 * ((9 - 4 + 1 + 1 + 3) + (12 - 4 + 1 + 1 + 3))
+    assert f"{windows} windows of 4 frames from 2 stores" in out
+    assert "epoch 0: loss" in out
+
+
+def test_resume_training(tmp_path):
+    write_stores(str(tmp_path / "d"), stores=2, frames=20, size=8, chunk=4)
+    out = run_example("resume_training.py", str(tmp_path / "d"), "--stop-after", "2")
+    assert "2 batches, stopped, resumed for 3 more: same batches as an uninterrupted run" in out

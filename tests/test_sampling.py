@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from checks import frame_id
 
-from zarr_torch import SelectionIndex, ZarrStore
+from zarr_torch import SelectionIndex, ZarrFrameDataset, ZarrStore
 from zarr_torch.index import ROW_DTYPE, ArrayEntry
 from zarr_torch.sampling import ChunkAwareSampler
+from zarr_torch.synth import write_stores
 
 
 def index_of(lengths: list[int], chunk: int = 16) -> SelectionIndex:
@@ -101,3 +103,80 @@ def test_bad_arguments():
         ChunkAwareSampler(index).load_state_dict({"epoch": 0, "seed": 0, "cursor": 11})
     with pytest.raises(TypeError, match="needs a ZarrFrameDataset or SelectionIndex"):
         ChunkAwareSampler(list(range(10)))
+
+
+# -- through real loaders -------------------------------------------------------------
+
+
+def fingerprints(batch) -> list[tuple[int, int]]:
+    return [frame_id(f) for f in batch.numpy()]
+
+
+@pytest.mark.parametrize("stop_after", [1, 4, 7])
+def test_stateful_dataloader_resumes_with_the_remaining_batches(local_stores, stop_after):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    ds = ZarrFrameDataset(local_stores, array="data/camera0_rgb")
+
+    def loader() -> StatefulDataLoader:
+        sampler = ChunkAwareSampler(ds, seed=11)
+        sampler.set_epoch(2)
+        return StatefulDataLoader(
+            ds, batch_size=3, sampler=sampler, num_workers=2, multiprocessing_context="spawn", timeout=120
+        )
+
+    full = [fingerprints(b) for b in loader()]
+    first = loader()
+    head = []
+    for batch in first:
+        head.append(fingerprints(batch))
+        if len(head) == stop_after:
+            state = first.state_dict()
+            break
+    resumed = loader()
+    resumed.load_state_dict(state)
+    tail = [fingerprints(b) for b in resumed]
+    assert head + tail == full
+    assert len(full) == 10 and sorted(f for b in full for f in b) == sorted(
+        (s, t) for s in range(3) for t in range(10)
+    )
+
+
+def test_torchrun_two_ranks_equal_batches_full_coverage(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_stores(str(tmp_path / "d"), stores=3, frames=21, size=8, chunk=4)
+    example = Path(__file__).parent.parent / "examples" / "ddp_train.py"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(example),
+            str(tmp_path / "d"),
+            "--out",
+            str(tmp_path / "seen"),
+            "--epochs",
+            "2",
+            "--workers",
+            "1",
+            "--batch-size",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "seen" / f"rank{r}.json").read_text()) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 2 * 8, "equal batch counts: 32 samples a rank, 2 epochs"
+    for epoch in range(2):
+        seen = [i for rank in ranks for batch in rank[epoch * 8 : (epoch + 1) * 8] for i in batch]
+        assert set(seen) == set(range(63)) and len(seen) == 64, "every index, one padded repeat"
