@@ -92,3 +92,44 @@ def test_any_invalid_batch_is_an_index_error(data, picks):
                 pass
             else:
                 raise AssertionError(f"{wrong!r} did not raise")
+
+
+@FUZZ
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=4),
+    window=st.integers(1, 6),
+    stride=st.integers(1, 3),
+    pads=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    chunk=st.integers(1, 5),
+    picks=st.data(),
+)
+def test_any_window_is_the_reference(lengths, window, stride, pads, chunk, picks):
+    """Windows against a plain-Python reference: clip each slot to its episode."""
+    values = np.arange(sum(lengths) * 2, dtype="int32").reshape(-1, 2)
+    ends = np.cumsum(lengths)
+    expected = []
+    for first, end in zip([0, *ends[:-1].tolist()], ends.tolist(), strict=True):
+        for s in range(first - pads[0], end - window + pads[1] + 1, stride):
+            expected.append(values[[min(max(t, first), end - 1) for t in range(s, s + window)]])
+    with tempfile.TemporaryDirectory() as root:
+        zarr.create_array(f"{root}/rb.zarr", name="x", data=values, chunks=(chunk, 2))
+        zarr.create_array(f"{root}/rb.zarr", name="ends", data=ends)
+        kwargs = {
+            "array": "x",
+            "window": window,
+            "stride": stride,
+            "episode_ends": "ends",
+            "pad_before": pads[0],
+            "pad_after": pads[1],
+        }
+        if window > max(lengths):
+            try:
+                ZarrFrameDataset(f"{root}/rb.zarr", **kwargs)
+            except ValueError:
+                return
+            raise AssertionError("a window longer than every episode did not raise")
+        ds = ZarrFrameDataset(f"{root}/rb.zarr", **kwargs)
+        assert len(ds) == len(expected)
+        batch = picks.draw(st.lists(st.integers(0, len(ds) - 1), max_size=20))
+        for i, got in zip(batch, ds.__getitems__(batch), strict=True):
+            np.testing.assert_array_equal(got.numpy(), expected[i])

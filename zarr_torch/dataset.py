@@ -157,7 +157,9 @@ class ZarrFrameDataset(Dataset):
             return_exceptions=True,
         )
         return [
-            b if isinstance(b, BaseException) or s == r else b[windows.frame_positions(s, window, f, e) - r]
+            b
+            if isinstance(b, BaseException) or (f <= s == r and s + window <= e)  # no edge repeated
+            else b[windows.frame_positions(s, window, f, e) - r]
             for b, s, r, f, e in zip(
                 blocks, starts.tolist(), read_at.tolist(), first.tolist(), end.tolist(), strict=True
             )
