@@ -22,5 +22,10 @@ test: venv
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+bench: venv
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(VENV)/bin/zarr-torch bench throughput
+	$(VENV)/bin/zarr-torch bench index
+
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -8,7 +8,7 @@ Three measurements, written to ``benchmarks/results/index.json`` and ``index.png
 2. ``--s3-stores`` stores (1,000) on moto's S3 server over HTTP on 127.0.0.1, run in its
    own process: ``SelectionIndex.build`` against opening the stores one after another
    (``ZarrStore(uri, opts).get_array(path)`` in a loop), side by side.
-3. The same through a TCP proxy that holds every request ``--latency-ms`` (5, 10, 20 ms)
+3. The same through a FaultProxy that holds every request ``--latency-ms`` (5, 10, 20 ms)
    before passing it on: loopback has no network latency, object storage does.
 
     .venv/bin/python benchmarks/bench_index.py
@@ -18,9 +18,7 @@ Three measurements, written to ``benchmarks/results/index.json`` and ``index.png
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import multiprocessing
 import os
 import platform
 import subprocess
@@ -33,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import s3fs
+from servers import s3_options, serve_moto, serve_proxy, start
 from tqdm.auto import tqdm
 
 from zarr_torch import SelectionIndex, ZarrStore
@@ -112,62 +111,6 @@ def bench_local(work: Path, stores: int, rows: int) -> dict[str, Any]:
 # -- 2 and 3. a thousand stores on moto's S3 server --------------------------------------------
 
 
-def serve_moto(queue: Any) -> None:
-    """Child process: moto's S3 server on 127.0.0.1; puts its port on ``queue``."""
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    queue.put(server.get_host_and_port()[1])
-    time.sleep(24 * 3600)
-
-
-def serve_latency_proxy(upstream: int, delay: float, queue: Any) -> None:
-    """Child process: a TCP proxy on 127.0.0.1 to ``upstream`` holding each request ``delay`` s."""
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: float) -> None:
-        try:
-            while data := await reader.read(65536):
-                if hold:
-                    await asyncio.sleep(hold)
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream)
-        await asyncio.gather(pipe(reader, up_writer, delay), pipe(up_reader, writer, 0))
-
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        queue.put(server.sockets[0].getsockname()[1])
-        await server.serve_forever()
-
-    asyncio.run(main())
-
-
-def start(target: Callable[..., None], *args: Any) -> tuple[multiprocessing.Process, int]:
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    process = ctx.Process(target=target, args=(*args, queue), daemon=True)
-    process.start()
-    return process, queue.get(timeout=60)
-
-
-def s3_options(port: int) -> dict[str, Any]:
-    return {
-        "key": "bench",
-        "secret": "bench",
-        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "eu-west-1"},
-    }
-
-
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time of process ``pid``, from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as f:
@@ -217,7 +160,7 @@ def bench_s3(stores: int, latencies_ms: list[float]) -> dict[str, Any]:
         )
         runs = []
         for latency in latencies_ms:
-            proxy, proxy_port = start(serve_latency_proxy, port, latency / 1000) if latency else (None, port)
+            proxy, proxy_port = start(serve_proxy, port, latency / 1000) if latency else (None, port)
             try:
                 label = f"+{latency:g} ms" if latency else "loopback"
                 runs.append(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,6 +107,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run a benchmark suite of a source checkout's ``benchmarks/`` folder."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / f"bench_{args.suite}.py"
+    if not script.exists():
+        print(f"no {script}: `zarr-torch bench` runs from a source checkout", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(script), *args.options], cwd=script.parent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zarr-torch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true")
     synth.add_argument("--storage-options", help="fsspec options as JSON")
     synth.set_defaults(func=cmd_synth)
+    bench = sub.add_parser("bench", help="run a benchmark suite (results in benchmarks/)")
+    bench.add_argument("suite", choices=["throughput", "index"])
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="passed to the suite")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

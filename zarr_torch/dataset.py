@@ -10,14 +10,17 @@ the arrays it reads lazily, once (see :mod:`zarr_torch.io`).
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from zarr_torch import io, windows
+from zarr_torch.chunks import CACHE_BYTES
 from zarr_torch.errors import ReadError, SkipLog
 from zarr_torch.index import SelectionIndex, Source
 from zarr_torch.models import Media, ZarrSelection
@@ -50,6 +53,10 @@ class ZarrFrameDataset(Dataset):
     :meth:`skip_summary`). ``strict=True`` makes a missing chunk such an error instead
     of frames of the fill value. Transient storage failures are retried with ``retry``
     (a :class:`~zarr_torch.storage.RetryPolicy`; by default up to 10 tries in 60 s).
+
+    Each process keeps decoded chunks in an LRU cache of ``cache_bytes`` (see
+    :meth:`stats`). Each ``DataLoader`` worker limits its decode and torch threads to
+    ``threads`` (default: cores // workers) so workers do not oversubscribe the cores.
     """
 
     def __init__(
@@ -69,6 +76,8 @@ class ZarrFrameDataset(Dataset):
         on_error: Literal["raise", "skip"] = "raise",
         strict: bool = False,
         retry: RetryPolicy | None = None,
+        cache_bytes: int = CACHE_BYTES,
+        threads: int | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -93,6 +102,8 @@ class ZarrFrameDataset(Dataset):
         self.strict = strict
         self.retry = retry
         self.skips = SkipLog() if on_error == "skip" else None
+        self.cache_bytes = cache_bytes
+        self.threads = threads
 
     def __len__(self) -> int:
         return len(self.index)
@@ -108,6 +119,7 @@ class ZarrFrameDataset(Dataset):
         is read concurrently.
         """
         idx = self._check(indices)
+        self._configure_process()
         keys = list(self.indexes)
         reads = io.run(self._read_all(idx))
         samples = []
@@ -165,6 +177,35 @@ class ZarrFrameDataset(Dataset):
             )
         ]
 
+    def _configure_process(self) -> None:
+        """Apply the cache budget and, in a ``DataLoader`` worker, the thread budget, once."""
+        state = io.process_state()
+        wanted = (self.cache_bytes, self.threads)
+        if state.configured == wanted:
+            return
+        state.cache.budget = self.cache_bytes
+        threads, worker = self.threads, get_worker_info()
+        if threads is None and worker is not None:
+            threads = max(1, (os.cpu_count() or 1) // worker.num_workers)
+        if threads is not None:
+            torch.set_num_threads(threads)
+            io.set_decode_threads(threads)
+        state.configured = wanted
+
+    def stats(self) -> dict[str, float]:
+        """What this process has read: chunks and bytes fetched, bytes decoded, read
+        amplification (decoded / returned bytes), cache hit rate and size, and seconds
+        spent fetching, decoding and transforming.
+
+            ds.stats()["read_amplification"]  # 1.0: nothing decoded was thrown away
+        """
+        state = io.process_state()
+        return {
+            **state.stats.as_dict(),
+            "cache_bytes": state.cache.nbytes,
+            "cache_budget": state.cache.budget,
+        }
+
     def _error(self, i: int, key: str | None, cause: BaseException) -> ReadError:
         index = self.indexes[key]
         array_id, start = int(index.rows["array"][i]), int(index.rows["start"][i])
@@ -200,6 +241,12 @@ class ZarrFrameDataset(Dataset):
         return idx
 
     def _sample(self, parts: dict[str | None, np.ndarray]) -> Any:
+        started = time.perf_counter()
+        sample = self._apply_transform(parts)
+        io.process_state().stats.transform_s += time.perf_counter() - started
+        return sample
+
+    def _apply_transform(self, parts: dict[str | None, np.ndarray]) -> Any:
         if None in parts:
             frame = parts[None]
             return self.transform(frame) if self.transform is not None else _tensor(frame)

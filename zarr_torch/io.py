@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+import zarr
 import zarr.api.asynchronous as zasync
 from zarr.abc.store import Store
 from zarr.core.array import AsyncArray
@@ -32,6 +33,7 @@ from zarr.core.sync import sync
 from zarr.errors import NodeNotFoundError
 from zarr.storage import FsspecStore, LocalStore
 
+from zarr_torch.chunks import ChunkCache, ReadStats, read_chunks, whole_frame_chunks
 from zarr_torch.storage import ReliableStore, RetryPolicy, read_options
 
 T = TypeVar("T")
@@ -110,6 +112,10 @@ class _ProcessState:
     """What one process has opened; never crosses a fork or a pickle."""
 
     pid: int = field(default_factory=os.getpid)
+    cache: ChunkCache = field(default_factory=ChunkCache)
+    stats: ReadStats = field(default_factory=ReadStats)
+    #: the dataset options (thread budget, cache size) this process has applied.
+    configured: tuple = ()
     stores: dict[tuple[str, str], Store] = field(default_factory=dict)
     arrays: dict[tuple[str, str, str], AsyncArray] = field(default_factory=dict)
 
@@ -131,6 +137,11 @@ def process_state() -> _ProcessState:
     if _state is None or _state.pid != os.getpid():
         _state = _ProcessState()
     return _state
+
+
+def set_decode_threads(threads: int) -> None:
+    """Limit the threads zarr decodes with in this process (before its first read)."""
+    zarr.config.set({"threading.max_workers": threads})
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -227,8 +238,10 @@ async def read_rows(
 ) -> list[Any]:
     """Read items ``arr[s]`` (or windows ``arr[s:s+length]``) for every ``s`` in ``starts``.
 
-    Items are grouped by the chunk run along the leading axis that holds them, so each
-    chunk is fetched and decoded once per call, and the groups are read concurrently.
+    Items are grouped by the chunk (or shard) that holds them, so each chunk is fetched
+    and decoded once per call, and the groups are read concurrently: whole chunks
+    through :mod:`zarr_torch.chunks` (and its cache) where each chunk holds whole items,
+    else one zarr slice per contiguous run of the frames needed.
     Results come back in the order of ``starts``. A failed group fails only its own
     items: with ``return_exceptions`` their places hold the exception, otherwise the
     first one in order is raised.
@@ -237,14 +250,30 @@ async def read_rows(
     if starts.size == 0:
         return []
     span = max(length, 1)
-    first_chunk = starts // arr.chunks[0]
+    chunk = arr.chunks[0]
+    # Group by what one fetch serves: a chunk, or a shard (its index read once).
+    first_chunk = starts // (getattr(arr, "shards", None) or arr.chunks)[0]
     order = np.argsort(first_chunk, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(first_chunk[order])) + 1)
 
-    async def read_group(members: np.ndarray) -> tuple[int, np.ndarray]:
-        lo = int(starts[members].min())
-        hi = int(starts[members].max()) + span
-        return lo, np.asarray(await arr.getitem((slice(lo, hi),)))
+    state = process_state()
+    fast = whole_frame_chunks(arr)
+    name = (str(arr.store_path), arr.shape, arr.chunks, str(arr.dtype))
+
+    async def read_group(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The frames the group's items need (sorted) and their data, in that order."""
+        if not fast:  # one zarr slice per contiguous run of the frames needed, concurrently
+            needed = np.unique((starts[members, None] + np.arange(span)).ravel())
+            runs = np.split(needed, np.flatnonzero(np.diff(needed) != 1) + 1)
+            parts = await asyncio.gather(*(arr.getitem((slice(int(r[0]), int(r[-1]) + 1),)) for r in runs))
+            block = np.concatenate([np.asarray(p) for p in parts])
+            state.stats.bytes_decoded += len(np.unique(needed // chunk)) * chunk * block[0].nbytes
+            return needed, block
+        lo, hi = int(starts[members].min()), int(starts[members].max()) + span
+        ids = np.arange(lo // chunk, (hi - 1) // chunk + 1)
+        got = await read_chunks(arr, name, ids, state.cache, state.stats)
+        block = got[int(ids[0])] if len(ids) == 1 else np.concatenate([got[int(c)] for c in ids])
+        return np.arange(lo, hi), block[lo - int(ids[0]) * chunk : hi - int(ids[0]) * chunk]
 
     out: list[Any] = [None] * len(starts)
     blocks = await asyncio.gather(*map(read_group, groups), return_exceptions=True)
@@ -253,9 +282,11 @@ async def read_rows(
             if isinstance(block, BaseException):
                 out[m] = block
                 continue
-            lo, data = block
-            offset = int(starts[m]) - lo
-            out[m] = data[offset] if length == 0 else data[offset : offset + length]
+            frames, data = block
+            k = int(np.searchsorted(frames, starts[m]))
+            # A copy: blocks may live in the chunk cache, and callers own what they get.
+            out[m] = (data[k] if length == 0 else data[k : k + length]).copy()
+            state.stats.bytes_returned += out[m].nbytes
     return out if return_exceptions else _raise_first(out)
 
 
