@@ -108,13 +108,14 @@ def tensorstore_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) ->
         fmt = zarr.open_array(io.make_store(uri, options), path=ARRAY, mode="r").metadata.zarr_format
         if uri.startswith("s3://"):
             bucket, _, path = uri[5:].partition("/")
+            os.environ.update(AWS_ACCESS_KEY_ID=options["key"], AWS_SECRET_ACCESS_KEY=options["secret"])
             kv = {
                 "driver": "s3",
                 "bucket": bucket,
                 "path": f"{path}/{ARRAY}/",
                 "endpoint": options["client_kwargs"]["endpoint_url"],
                 "aws_region": "eu-west-1",
-                "aws_credentials": {"type": "anonymous"},
+                "aws_credentials": {"type": "environment"},
             }
         else:
             kv = {"driver": "file", "path": f"{uri}/{ARRAY}/"}

@@ -14,12 +14,18 @@ grids that split a frame take zarr's own path.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
+from typing import Any
 
+import numcodecs
 import numpy as np
+import zarr
 from zarr.core.array import AsyncArray
 from zarr.core.array_spec import ArrayConfig
 from zarr.core.buffer import default_buffer_prototype
@@ -81,6 +87,60 @@ class ChunkCache:
             self.nbytes -= self._items.popitem(last=False)[1].nbytes
 
 
+def direct_decoder(arr: AsyncArray) -> Callable[[Any], np.ndarray] | None:
+    """A plain function decoding one chunk's bytes of ``arr`` with numcodecs, or None.
+
+    Covers the common layouts (v3 ``bytes`` + zstd/blosc/gzip, v2 with a compressor and
+    no filters, C order), skipping zarr's per-chunk pipeline machinery; anything else
+    (transposes, big-endian data, filters, checksums) is left to zarr's pipeline.
+    """
+    meta, dtype, shape = arr.metadata, np.dtype(arr.dtype), tuple(arr.chunks)
+    if meta.zarr_format == 2:
+        if meta.filters or meta.order != "C":
+            return None
+        codec = meta.compressor
+    else:
+        names = [type(c).__name__ for c in meta.codecs]
+        if not names or names[0] != "BytesCodec" or len(names) > 2:
+            return None
+        if meta.codecs[0].endian is not None and meta.codecs[0].endian.value != sys.byteorder:
+            return None
+        codec = None
+        if len(names) == 2:
+            config = meta.codecs[1].to_dict().get("configuration", {})
+            if names[1] == "ZstdCodec" and not config.get("checksum"):
+                codec = numcodecs.Zstd()
+            elif names[1] == "BloscCodec":
+                codec = numcodecs.Blosc()
+            elif names[1] == "GzipCodec":
+                codec = numcodecs.GZip()
+            else:
+                return None
+
+    def decode(raw: Any) -> np.ndarray:
+        data = raw if codec is None else codec.decode(raw)
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+    return decode
+
+
+def _decode_many(decode: Callable[[Any], np.ndarray], raws: list[Any]) -> list[np.ndarray]:
+    return [decode(r) for r in raws]
+
+
+def decode_pool() -> tuple[ThreadPoolExecutor, int]:
+    """This process's decode threads (``threading.max_workers`` of zarr's config, or all
+    cores), created on first use and never inherited across a fork."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        threads = zarr.config.get("threading.max_workers") or os.cpu_count() or 1
+        _pool = (os.getpid(), ThreadPoolExecutor(threads, thread_name_prefix="zarr_torch_decode"), threads)
+    return _pool[1], _pool[2]
+
+
+_pool: tuple[int, ThreadPoolExecutor, int] | None = None
+
+
 def whole_frame_chunks(arr: AsyncArray) -> bool:
     """True when ``arr`` is unsharded and each chunk holds whole items of the leading axis."""
     return (
@@ -101,7 +161,7 @@ async def read_chunks(
     fill value (or raises under ``read_options(strict=True)``).
     """
     out: dict[int, np.ndarray] = {}
-    wanted = []
+    wanted: list[int] = []
     for c in np.unique(chunk_ids).tolist():
         hit = cache.get((name, c))
         if hit is None:
@@ -121,8 +181,7 @@ async def read_chunks(
     config = ArrayConfig.from_dict({})
     if meta.zarr_format == 2:
         config = ArrayConfig.from_dict({"order": meta.order})
-    specs = [meta.get_chunk_spec(cc, config, prototype) for cc in coords]
-    decoded = await arr.codec_pipeline.decode(zip(raw, specs, strict=True))
+    decoded = await _decode(arr, raw, coords, config, prototype)
     stats.fetch_s += fetched - started
     stats.decode_s += time.perf_counter() - fetched
     chunk_len = arr.chunks[0]
@@ -133,8 +192,39 @@ async def read_chunks(
             fill = 0 if meta.fill_value is None else meta.fill_value
             out[c] = np.full((rows, *arr.shape[1:]), fill, dtype=arr.dtype)
             continue
-        value = out[c] = np.asarray(nd.as_ndarray_like())[:rows]
+        value = out[c] = np.asarray(nd)[:rows]
         stats.bytes_fetched += len(buf)
         stats.bytes_decoded += value.nbytes
         cache.put((name, c), value)
+    return out
+
+
+async def _decode(
+    arr: AsyncArray, raw: list[Any], coords: list[tuple[int, ...]], config: ArrayConfig, prototype: Any
+) -> list[np.ndarray | None]:
+    """Decode fetched chunks (None stays None): split over the decode threads when a
+    direct decoder applies, else through zarr's codec pipeline."""
+    decode = direct_decoder(arr)
+    present = [i for i, r in enumerate(raw) if r is not None]
+    out: list[np.ndarray | None] = [None] * len(raw)
+    if decode is None:
+        specs = [arr.metadata.get_chunk_spec(coords[i], config, prototype) for i in present]
+        buffers = await arr.codec_pipeline.decode(
+            [(raw[i], spec) for i, spec in zip(present, specs, strict=True)]
+        )
+        for i, nd in zip(present, buffers, strict=True):
+            out[i] = None if nd is None else nd.as_ndarray_like()
+        return out
+    pool, threads = decode_pool()
+    loop = asyncio.get_running_loop()
+    parts = [present[k::threads] for k in range(threads) if present[k::threads]]
+    results = await asyncio.gather(
+        *(
+            loop.run_in_executor(pool, _decode_many, decode, [raw[i].as_numpy_array() for i in part])
+            for part in parts
+        )
+    )
+    for part, arrays in zip(parts, results, strict=True):
+        for i, a in zip(part, arrays, strict=True):
+            out[i] = a
     return out

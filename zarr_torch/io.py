@@ -14,6 +14,7 @@ child: that is what kills s3fs sessions with "attached to a different loop".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -57,6 +58,8 @@ SECRET_KEYS = frozenset(
     }
 )
 REDACTED = "***"
+#: connections s3fs may hold open to S3 unless the storage options say otherwise.
+S3_CONNECTIONS = 64
 #: how many metadata opens run at once when validating or indexing many stores.
 OPEN_CONCURRENCY = 64
 
@@ -153,7 +156,11 @@ def make_store(uri: str, storage_options: Options | None = None, *, read_only: b
     """A zarr store for ``uri``: a local path, ``file://`` or any fsspec URL."""
     if is_local(uri):
         return LocalStore(local_path(uri), read_only=read_only)
-    return FsspecStore.from_url(uri, storage_options=dict(storage_options or {}), read_only=read_only)
+    options = dict(storage_options or {})
+    if uri.startswith("s3://"):  # botocore's default pool of 10 connections caps a batch's fetches
+        config = options.get("config_kwargs", {})
+        options["config_kwargs"] = {"max_pool_connections": S3_CONNECTIONS, **config}
+    return FsspecStore.from_url(uri, storage_options=options, read_only=read_only)
 
 
 def get_store(uri: str, storage_options: Options | None = None) -> Store:
@@ -271,10 +278,17 @@ async def read_rows(
             return needed, block
         lo, hi = int(starts[members].min()), int(starts[members].max()) + span
         ids = np.arange(lo // chunk, (hi - 1) // chunk + 1)
-        got = await read_chunks(arr, name, ids, state.cache, state.stats)
+        got = batch if batch is not None else await read_chunks(arr, name, ids, state.cache, state.stats)
         block = got[int(ids[0])] if len(ids) == 1 else np.concatenate([got[int(c)] for c in ids])
         return np.arange(lo, hi), block[lo - int(ids[0]) * chunk : hi - int(ids[0]) * chunk]
 
+    batch = None
+    if fast:  # every chunk of the call in one fetch-and-decode; on error, group by group
+        needed = np.unique(
+            np.concatenate([np.arange(s // chunk, (s + span - 1) // chunk + 1) for s in starts])
+        )
+        with contextlib.suppress(Exception):
+            batch = await read_chunks(arr, name, needed, state.cache, state.stats)
     out: list[Any] = [None] * len(starts)
     blocks = await asyncio.gather(*map(read_group, groups), return_exceptions=True)
     for members, block in zip(groups, blocks, strict=True):
