@@ -105,6 +105,23 @@ class ZarrFrameDataset(Dataset):
         self.cache_bytes = cache_bytes
         self.threads = threads
 
+    @classmethod
+    def from_datachain(
+        cls,
+        chain: Any,
+        column: str,
+        *,
+        array: str = "",
+        storage_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ZarrFrameDataset:
+        """A dataset of a datachain column of Zarr selections, arrays or stores, in order.
+
+        ds = ZarrFrameDataset.from_datachain(chain, "frame", transform=to_tensor)
+        """
+        index = SelectionIndex.from_datachain(chain, column, array=array, storage_options=storage_options)
+        return cls(index, **kwargs)
+
     def __len__(self) -> int:
         return len(self.index)
 

@@ -159,6 +159,24 @@ class SelectionIndex:
         return cls(tables.stores, tables.arrays, rows)
 
     @classmethod
+    def from_datachain(
+        cls, chain: Any, column: str, *, array: str = "", storage_options: dict[str, Any] | None = None
+    ) -> SelectionIndex:
+        """An index of a datachain column of Zarr selections, arrays or stores, in order.
+
+        index = SelectionIndex.from_datachain(chain, "frame", storage_options={"anon": True})
+        """
+        from zarr_torch.interop import index_from_datachain
+
+        return index_from_datachain(chain, column, array=array, storage_options=storage_options)
+
+    def to_records(self) -> Iterator[dict[str, Any]]:
+        """Plain rows ``{"uri", "array", "index", "media"}`` for ``dc.read_values``, in order."""
+        from zarr_torch.interop import to_records
+
+        return to_records(self)
+
+    @classmethod
     def concat(cls, indexes: Iterable[SelectionIndex]) -> SelectionIndex:
         """The rows of every index in turn, over merged store and array tables.
 
