@@ -10,6 +10,8 @@ ChunkAwareSampler order, whose point is that order), in batches of 64:
 - tensorstore: one read per item, the batch's reads in flight together
 - numpy memmap of the same frames: no decode, the I/O limit
 - raw codec decode of the same chunks (bytes already in memory): the decode limit
+- datachain, when installed: ``ZarrSelection.read()`` per frame and ``chain.to_pytorch()``
+  through a DataLoader, over the same stores
 - zarr_torch: ``ZarrFrameDataset.__getitems__`` per batch
 
 Layouts: chunk 1, chunk 16, sharded (16 frames a shard, 1 a chunk), zarr v2 (blosc,
@@ -40,6 +42,7 @@ import numpy as np
 import s3fs
 import torch
 import zarr
+from peers_datachain import datachain_peers
 from servers import s3_options, serve_moto, serve_proxy, start
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -240,6 +243,8 @@ def bench_layout(
         peers["numpy memmap (I/O limit)"] = lambda: memmap_reads(mm, order)
         if name != "sharded":
             peers["raw codec decode (decode limit)"] = raw_decode(ds)
+        if name in ("chunk1", "chunk16"):
+            peers.update(datachain_peers(root, ARRAY, order))
     out: dict[str, float | None] = {}
     for peer, fn in tqdm(list(peers.items()), desc=f"{'local' if local else 's3'} {name}", unit="peer"):
         state = io.process_state()
@@ -331,6 +336,16 @@ def ratios(r: dict[str, Any], latency: str) -> list[tuple[str, float | None, str
         ),
         ("local sharded: zarr_torch / tensorstore", ratio("local sharded", "zarr_torch", "tensorstore"), ""),
         ("local v2: zarr_torch / tensorstore", ratio("local v2", "zarr_torch", "tensorstore"), ""),
+        (
+            "local chunk 1: zarr_torch / datachain ZarrSelection.read()",
+            ratio("local chunk1", "zarr_torch", "datachain ZarrSelection.read()"),
+            "",
+        ),
+        (
+            "local chunk 1: zarr_torch / datachain to_pytorch()",
+            ratio("local chunk1", "zarr_torch", "datachain to_pytorch()"),
+            "",
+        ),
     ]
 
 

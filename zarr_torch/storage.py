@@ -151,6 +151,11 @@ def read_options(*, strict: bool = False, retry: RetryPolicy | None = None) -> I
         _policy.reset(tokens[1])
 
 
+def strict_reads() -> bool:
+    """Whether the reads of the running context are strict (see :func:`read_options`)."""
+    return _strict.get()
+
+
 def _is_chunk_key(key: str) -> bool:
     return key.rsplit("/", 1)[-1] not in METADATA_NAMES
 
