@@ -41,6 +41,13 @@ def failing_keys(match: Callable[[str], bool], times: int, fault: Fault = "503")
     return lambda method, path, count, tries: fault if match(path) and tries <= times else None
 
 
+def _upstream_connection(host: str, port: int) -> http.client.HTTPConnection:
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.connect()
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
+
+
 class FaultProxy:
     """A threaded HTTP/1.1 proxy on 127.0.0.1 that forwards to ``target``.
 
@@ -97,6 +104,12 @@ class FaultProxy:
             protocol_version = "HTTP/1.1"
             timeout = 30  # an idle keep-alive connection is closed, never waited on forever
 
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body go out in separate writes: without this, Nagle's algorithm
+                # and delayed ACKs add ~40 ms to a request, far more than the delay asked for.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
             def log_message(self, *args: object) -> None:
                 pass
 
@@ -136,9 +149,7 @@ class FaultProxy:
             def _upstream(self, body: bytes | None) -> tuple[int, list[tuple[str, str]], bytes]:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
                 for attempt in range(2):  # a pooled upstream connection may have gone stale
-                    conn = getattr(local, "conn", None) or http.client.HTTPConnection(
-                        *proxy.target, timeout=30
-                    )
+                    conn = getattr(local, "conn", None) or _upstream_connection(*proxy.target)
                     local.conn = conn
                     try:
                         conn.request(self.command, self.path, body=body, headers=headers)
