@@ -298,7 +298,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         )
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
-        ax.set_xlabel("frames/s", fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("frames/s (log scale)", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
