@@ -86,11 +86,58 @@ def test_resume_continues_with_exactly_the_remaining_indices():
     it = iter(sampler)
     head = [next(it) for _ in range(57)]
     state = sampler.state_dict()
-    assert state == {"epoch": 4, "seed": 5, "cursor": 57}
+    assert state == {"epoch": 4, "seed": 5, "cursor": 57, "num_replicas": 2, "size": 350}
     fresh = ChunkAwareSampler(index, seed=0, num_replicas=2, rank=1)
     fresh.load_state_dict(state)
     assert head + list(fresh) == full
     assert list(fresh) == full, "after the resumed epoch, the next one starts from the top"
+
+
+def test_a_checkpoint_at_the_end_of_an_epoch_resumes_into_a_full_next_epoch():
+    index = index_of([40, 24])
+    sampler = ChunkAwareSampler(index, seed=2, num_replicas=2, rank=0)
+    sampler.set_epoch(3)
+    epoch3 = list(sampler)
+    state = sampler.state_dict()
+    assert state["cursor"] == len(epoch3) == 32
+
+    same_epoch = ChunkAwareSampler(index, num_replicas=2, rank=0)
+    same_epoch.load_state_dict(state)
+    assert list(same_epoch) == epoch3, "a finished epoch is not an empty one"
+
+    next_epoch = ChunkAwareSampler(index, num_replicas=2, rank=0)
+    next_epoch.load_state_dict(state)
+    next_epoch.set_epoch(4)  # what Lightning, accelerate and torchdata.nodes do next
+    order = list(next_epoch)
+    assert len(order) == 32 and order != epoch3
+
+
+def test_a_restored_cursor_belongs_to_its_epoch():
+    index = index_of([64])
+    sampler = ChunkAwareSampler(index, seed=1)
+    it = iter(sampler)
+    for _ in range(10):
+        next(it)
+    resumed = ChunkAwareSampler(index, seed=1)
+    resumed.load_state_dict(sampler.state_dict())
+    resumed.set_epoch(1)
+    assert sorted(resumed) == list(range(64)), "another epoch starts from its top"
+
+
+def test_a_state_from_another_share_or_dataset_is_refused():
+    state = ChunkAwareSampler(index_of([30]), num_replicas=2, rank=1).state_dict()
+    with pytest.raises(ValueError, match="saved with num_replicas=2, but this sampler has num_replicas=3"):
+        ChunkAwareSampler(index_of([30]), num_replicas=3, rank=1).load_state_dict(state)
+    with pytest.raises(ValueError, match="saved with size=30, but this sampler has size=31"):
+        ChunkAwareSampler(index_of([31]), num_replicas=2, rank=1).load_state_dict(state)
+
+
+def test_it_is_a_distributed_sampler_that_frameworks_keep():
+    from torch.utils.data import DistributedSampler
+
+    sampler = ChunkAwareSampler(index_of([10]))
+    assert isinstance(sampler, DistributedSampler), "Lightning wraps any other sampler a second time"
+    assert (sampler.num_replicas, sampler.rank, sampler.num_samples, sampler.total_size) == (1, 0, 10, 10)
 
 
 def test_bad_arguments():
@@ -101,6 +148,8 @@ def test_bad_arguments():
         ChunkAwareSampler(index, buffer_blocks=0)
     with pytest.raises(ValueError, match="cursor 11 is out of range for 10 samples"):
         ChunkAwareSampler(index).load_state_dict({"epoch": 0, "seed": 0, "cursor": 11})
+    with pytest.raises(ValueError, match="needs at least one sample"):
+        ChunkAwareSampler(index_of([0]))
     with pytest.raises(TypeError, match="needs a ZarrFrameDataset or SelectionIndex"):
         ChunkAwareSampler(list(range(10)))
 

@@ -9,8 +9,18 @@ visited exactly once per epoch, in a different order each epoch.
 Across ranks (``torch.distributed``) the epoch's order is cut into one contiguous,
 equal share per rank, padded by repeating its first indices (or trimmed with
 ``drop_last``), so each rank's order stays chunk-aware and every rank runs the same
-number of batches. The state is the epoch, the seed and a cursor: a resumed sampler
-rebuilds the order from the seed and starts at the cursor, never replaying samples.
+number of batches. The share is decided when the sampler is iterated, by whichever
+framework is in charge then, so a sampler made before the process group exists is
+right too:
+
+- ``torch.distributed`` (``torchrun``, Lightning's DDP): one share per rank. The sampler
+  is a ``DistributedSampler``, which Lightning keeps as it is instead of wrapping it.
+- accelerate: a prepared ``DataLoader`` hands whole batches to its processes in turn
+  (``BatchSamplerShard``), so under an ``Accelerator`` the sampler gives the whole
+  epoch's order and lets accelerate share it out.
+
+The state is the epoch, the seed and a cursor: a resumed sampler rebuilds the order
+from the seed and starts at the cursor, never replaying samples.
 
     sampler = ChunkAwareSampler(ds, seed=0)
     loader = DataLoader(ds, batch_size=64, sampler=sampler, num_workers=8)
@@ -21,12 +31,13 @@ rebuilds the order from the seed and starts at the cursor, never replaying sampl
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 from zarr_torch.index import SelectionIndex
 
@@ -57,14 +68,26 @@ def block_ids(index: SelectionIndex, block_size: int | None = None) -> np.ndarra
     return np.concatenate([[0], np.cumsum(change)])
 
 
-class ChunkAwareSampler(Sampler[int]):
+def accelerate_shards_batches() -> bool:
+    """True under an accelerate ``Accelerator`` of several processes: its prepared
+    ``DataLoader`` gives each process every n-th batch of the sampler's order."""
+    state = sys.modules.get("accelerate.state")
+    if state is None or not state.is_initialized():
+        return False
+    return state.AcceleratorState().num_processes > 1
+
+
+class ChunkAwareSampler(DistributedSampler):
     """Chunk-aware, distributed, resumable order of a ``ZarrFrameDataset``'s indices.
 
-    ``num_replicas`` and ``rank`` default to ``torch.distributed``'s when it is
-    initialized, else 1 and 0. ``state_dict()``/``load_state_dict()`` follow torchdata's
-    ``Stateful`` protocol, so ``StatefulDataLoader`` resumes mid-epoch exactly.
+    ``num_replicas`` and ``rank``, when not given, are found each time the sampler is
+    iterated: 1 and 0 under accelerate (which shares batches out itself), else
+    ``torch.distributed``'s when it is initialized, else 1 and 0.
+    ``state_dict()``/``load_state_dict()`` follow torchdata's ``Stateful`` protocol, so
+    ``StatefulDataLoader`` resumes mid-epoch exactly.
     """
 
+    # DistributedSampler.__init__ needs a process group; the share is resolved lazily.
     def __init__(
         self,
         dataset: Any,
@@ -79,26 +102,68 @@ class ChunkAwareSampler(Sampler[int]):
     ) -> None:
         if buffer_blocks < 1:
             raise ValueError(f"buffer_blocks must be at least 1, not {buffer_blocks}")
-        distributed = dist.is_available() and dist.is_initialized()
-        self.num_replicas = num_replicas or (dist.get_world_size() if distributed else 1)
-        self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
-        if not 0 <= self.rank < self.num_replicas:
-            raise ValueError(f"rank {self.rank} is out of range for {self.num_replicas} replicas")
+        if num_replicas is not None and num_replicas < 1:
+            raise ValueError(f"num_replicas must be at least 1, not {num_replicas}")
         self.blocks = block_ids(_index_of(dataset), block_size)
+        if len(self.blocks) == 0:
+            raise ValueError("a ChunkAwareSampler needs at least one sample")
+        self._replicas, self._rank = num_replicas, rank
         self.shuffle, self.seed, self.buffer_blocks, self.drop_last = shuffle, seed, buffer_blocks, drop_last
         self.epoch = 0
         self.cursor = 0  # indices the current iterator has yielded
         self._resume_at = 0
-        total = len(self.blocks)
-        if total < self.num_replicas and (drop_last or total == 0):
-            raise ValueError(f"{total} samples cannot be shared by {self.num_replicas} replicas")
-        self.num_samples = total // self.num_replicas if drop_last else -(-total // self.num_replicas)
+        self._share()  # a bad rank or too few samples fail here when the share is known
+
+    def _share(self) -> tuple[int, int]:
+        """(replicas, rank) of this iteration, from the arguments or the framework in charge."""
+        distributed = dist.is_available() and dist.is_initialized()
+        if self._replicas is not None:
+            replicas = self._replicas
+        elif accelerate_shards_batches():
+            replicas = 1
+        else:
+            replicas = dist.get_world_size() if distributed else 1
+        if self._rank is not None:
+            rank = self._rank
+        else:
+            rank = dist.get_rank() if distributed and replicas > 1 else 0
+        if not 0 <= rank < replicas:
+            raise ValueError(f"rank {rank} is out of range for {replicas} replicas")
+        if len(self.blocks) < replicas and self.drop_last:
+            raise ValueError(f"{len(self.blocks)} samples cannot be shared by {replicas} replicas")
+        return replicas, rank
+
+    @property
+    def num_replicas(self) -> int:  # type: ignore[override]
+        """How many shares the epoch is cut into now."""
+        return self._share()[0]
+
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        """Which share this sampler yields now."""
+        return self._share()[1]
+
+    @property
+    def num_samples(self) -> int:  # type: ignore[override]
+        """Indices per share and epoch."""
+        replicas, total = self.num_replicas, len(self.blocks)
+        return total // replicas if self.drop_last else -(-total // replicas)
+
+    @property
+    def total_size(self) -> int:  # type: ignore[override]
+        """Indices per epoch over all shares (with padding, or after ``drop_last``)."""
+        return self.num_samples * self.num_replicas
 
     def __len__(self) -> int:
         return self.num_samples
 
     def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` (each epoch's order differs; all ranks agree)."""
+        """Use the order of ``epoch`` (each epoch's order differs; all ranks agree).
+
+        A restored cursor belongs to the restored epoch: moving to another epoch drops it.
+        """
+        if epoch != self.epoch:
+            self._resume_at = 0
         self.epoch = epoch
 
     def epoch_order(self) -> np.ndarray:
@@ -107,7 +172,7 @@ class ChunkAwareSampler(Sampler[int]):
         if not self.shuffle:
             return np.arange(n)
         rng = np.random.default_rng([self.seed, self.epoch])
-        n_blocks = int(self.blocks[-1]) + 1 if n else 0
+        n_blocks = int(self.blocks[-1]) + 1
         place = np.empty(n_blocks, dtype=np.int64)
         place[rng.permutation(n_blocks)] = np.arange(n_blocks)
         buffer = place[self.blocks] // self.buffer_blocks
@@ -115,25 +180,46 @@ class ChunkAwareSampler(Sampler[int]):
 
     def rank_order(self) -> np.ndarray:
         """This rank's share of the epoch: a contiguous, equal slice of :meth:`epoch_order`."""
-        order = self.epoch_order()
-        total = self.num_samples * self.num_replicas
+        (replicas, rank), order = self._share(), self.epoch_order()
+        per_rank = self.num_samples
+        total = per_rank * replicas
         if total > len(order):
             order = np.concatenate([order, np.resize(order, total - len(order))])
-        return order[self.rank * self.num_samples : (self.rank + 1) * self.num_samples]
+        return order[rank * per_rank : (rank + 1) * per_rank]
 
     def __iter__(self) -> Iterator[int]:
-        start, self._resume_at = self._resume_at, 0
+        order = self.rank_order()
+        # A cursor at the end of its epoch (a checkpoint at the last batch) starts afresh.
+        start = self._resume_at if self._resume_at < len(order) else 0
+        self._resume_at = 0
         self.cursor = start
-        for i in self.rank_order()[start:].tolist():
+        for i in order[start:].tolist():
             self.cursor += 1
             yield i
 
     def state_dict(self) -> dict[str, int]:
-        """Epoch, seed and how many indices the running epoch has yielded."""
-        return {"epoch": self.epoch, "seed": self.seed, "cursor": self.cursor}
+        """Epoch, seed and how many indices the running epoch has yielded, with the share
+        count and dataset size the cursor is valid for."""
+        return {
+            "epoch": self.epoch,
+            "seed": self.seed,
+            "cursor": self.cursor,
+            "num_replicas": self.num_replicas,
+            "size": len(self.blocks),
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume: the next iterator rebuilds that epoch's order and starts at the cursor."""
+        """Resume: the next iterator rebuilds that epoch's order and starts at the cursor.
+
+        A state saved with another number of replicas or another dataset size is a
+        ``ValueError``: its cursor would point into a different order.
+        """
+        for key, now in (("num_replicas", self.num_replicas), ("size", len(self.blocks))):
+            if key in state and state[key] != now:
+                raise ValueError(
+                    f"cannot resume: the sampler state was saved with {key}={state[key]}, "
+                    f"but this sampler has {key}={now}"
+                )
         if not 0 <= state["cursor"] <= self.num_samples:
             raise ValueError(f"cursor {state['cursor']} is out of range for {self.num_samples} samples")
         self.epoch, self.seed = state["epoch"], state["seed"]
