@@ -1,14 +1,16 @@
 """Whole-chunk reads: each chunk fetched once, decoded once, kept in a per-process cache.
 
 The fast path of :func:`zarr_torch.io.read_rows` for arrays chunked along the leading
-axis only (one chunk holds whole frames): the raw bytes of every chunk a batch needs are
-fetched concurrently through the store (so retries and strict missing chunks apply),
-decoded in one call to the array's own codec pipeline (zarr runs each codec in its
-thread pool; decoders release the GIL), and kept in an LRU cache with a byte budget, so
-chunk-mates spread over consecutive batches are decoded once. Sharded arrays and chunk
-grids that split a frame take zarr's own path.
+axis only (one chunk holds whole frames). Every chunk a call needs is fetched and
+decoded in one go: for common codecs (v3 ``bytes`` + zstd/blosc/gzip, v2 compressor
+only) with numcodecs on this process's decode threads (decoders release the GIL), a
+local store's chunk files read by those same threads; otherwise the bytes come
+concurrently through the (retrying) store and zarr's codec pipeline decodes them.
+Decoded chunks stay in an LRU cache with a byte budget, so chunk-mates spread over
+consecutive batches are decoded once. Sharded arrays and chunk grids that split a frame
+take zarr's own path.
 
-    blocks = await read_chunks(arr, "s3://b/ep.zarr|data/camera0_rgb", np.array([0, 3]))
+    blocks = await read_chunks(arr, name, np.array([0, 3]), cache, stats)
 """
 
 from __future__ import annotations
@@ -160,9 +162,9 @@ async def read_chunks(
 ) -> dict[int, np.ndarray]:
     """The decoded chunks ``chunk_ids`` of ``arr`` (trimmed to the array's end), by id.
 
-    ``name`` identifies the array in ``cache``. Chunks not cached are fetched
-    concurrently and decoded in one codec-pipeline call; an absent chunk reads as the
-    fill value (or raises under ``read_options(strict=True)``).
+    ``name`` identifies the array in ``cache``. Chunks not cached are fetched and
+    decoded together (see the module docstring); an absent chunk reads as the fill
+    value, uncached (or raises under ``read_options(strict=True)``).
     """
     out: dict[int, np.ndarray] = {}
     wanted: list[int] = []
@@ -192,7 +194,7 @@ async def read_chunks(
         )
         fetched = time.perf_counter()
         config = ArrayConfig.from_dict({"order": meta.order} if meta.zarr_format == 2 else {})
-        decoded = await _decode(arr, raw, coords, config, prototype)
+        decoded = await _decode(arr, decode, raw, coords, config, prototype)
         sizes = [0 if r is None else len(r) for r in raw]
         stats.fetch_s += fetched - started
         stats.decode_s += time.perf_counter() - fetched
@@ -212,11 +214,15 @@ async def read_chunks(
 
 
 async def _decode(
-    arr: AsyncArray, raw: list[Any], coords: list[tuple[int, ...]], config: ArrayConfig, prototype: Any
+    arr: AsyncArray,
+    decode: Callable[[Any], np.ndarray] | None,
+    raw: list[Any],
+    coords: list[tuple[int, ...]],
+    config: ArrayConfig,
+    prototype: Any,
 ) -> list[np.ndarray | None]:
-    """Decode fetched chunks (None stays None): split over the decode threads when a
-    direct decoder applies, else through zarr's codec pipeline."""
-    decode = direct_decoder(arr)
+    """Decode fetched chunks (None stays None): with ``decode`` split over the decode
+    threads, else (None) through zarr's codec pipeline."""
     present = [i for i, r in enumerate(raw) if r is not None]
     out: list[np.ndarray | None] = [None] * len(raw)
     if decode is None:

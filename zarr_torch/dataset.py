@@ -28,6 +28,8 @@ from zarr_torch.storage import RetryPolicy
 
 DatasetSource = SelectionIndex | Source | Sequence[ZarrSelection]
 Transform = Callable[[Any], Any]
+#: the window arguments of a dataset of single items.
+NO_WINDOW = {"window": None, "stride": 1, "episode_ends": None, "pad_before": 0, "pad_after": 0}
 
 
 class ZarrFrameDataset(Dataset):
@@ -303,13 +305,7 @@ def _to_index(
     built = isinstance(source, SelectionIndex) or (
         not isinstance(source, str) and bool(source) and all(isinstance(s, ZarrSelection) for s in source)
     )
-    if built and windowing != {
-        "window": None,
-        "stride": 1,
-        "episode_ends": None,
-        "pad_before": 0,
-        "pad_after": 0,
-    }:
+    if built and windowing != NO_WINDOW:
         raise ValueError("windows are made when an index is built: pass window= to SelectionIndex.build")
     if isinstance(source, SelectionIndex):
         return source if storage_options is None else source.with_storage_options(storage_options)
