@@ -48,7 +48,8 @@ from servers import s3_options, serve_moto, serve_proxy, start
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from zarr_torch import ChunkAwareSampler, ZarrFrameDataset, io
+from zarr_torch import ChunkAwareSampler, ZarrFrameDataset, process
+from zarr_torch.stores import make_store
 from zarr_torch.synth import make_frames, write_stores
 
 ARRAY = "data/camera0_rgb"
@@ -77,13 +78,13 @@ def locate(ds: ZarrFrameDataset, order: np.ndarray) -> list[tuple[str, int]]:
 
 def naive(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> int:
     for uri, t in locate(ds, order):
-        zarr.open_array(io.make_store(uri, options), path=ARRAY, mode="r")[t]
+        zarr.open_array(make_store(uri, options), path=ARRAY, mode="r")[t]
     return len(order)
 
 
 def cached_zarr(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> int:
     arrays = {
-        s.uri: zarr.open_array(io.make_store(s.uri, options), path=ARRAY, mode="r") for s in ds.index.stores
+        s.uri: zarr.open_array(make_store(s.uri, options), path=ARRAY, mode="r") for s in ds.index.stores
     }
     for uri, t in locate(ds, order):
         arrays[uri][t]
@@ -95,13 +96,13 @@ def async_gather(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> int:
         import zarr.api.asynchronous as za
 
         arrays = {
-            s.uri: await za.open_array(store=io.make_store(s.uri, options), path=ARRAY, mode="r")
+            s.uri: await za.open_array(store=make_store(s.uri, options), path=ARRAY, mode="r")
             for s in ds.index.stores
         }
         for batch in batches(order):
             await asyncio.gather(*(arrays[u].getitem(t) for u, t in locate(ds, batch)))
 
-    io.run(run())
+    process.run(run())
     return len(order)
 
 
@@ -109,7 +110,7 @@ def tensorstore_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) ->
     import tensorstore as ts
 
     def spec(uri: str) -> dict:
-        fmt = zarr.open_array(io.make_store(uri, options), path=ARRAY, mode="r").metadata.zarr_format
+        fmt = zarr.open_array(make_store(uri, options), path=ARRAY, mode="r").metadata.zarr_format
         if uri.startswith("s3://"):
             bucket, _, path = uri[5:].partition("/")
             os.environ.update(AWS_ACCESS_KEY_ID=options["key"], AWS_SECRET_ACCESS_KEY=options["secret"])
@@ -208,7 +209,7 @@ def timed_fps(fn: Callable[[], int]) -> float:
 
 def cold_fps(fn: Callable[[], int]) -> float:
     """Frames/s of ``fn`` with zarr_torch's chunk cache emptied first."""
-    state = io.process_state()
+    state = process.process_state()
     state.cache = type(state.cache)(state.cache.budget)
     return timed_fps(fn)
 
@@ -255,7 +256,7 @@ def bench_layout(
             peers.update(datachain_peers(root, ARRAY, order))
     out: dict[str, float | None] = {}
     for peer, fn in tqdm(list(peers.items()), desc=f"{'local' if local else 's3'} {name}", unit="peer"):
-        io.process_state().stats = type(io.process_state().stats)()
+        process.process_state().stats = type(process.process_state().stats)()
         try:
             # Locally, the best of two runs: the first also pays one-off costs (threads, caches).
             out[peer] = max(cold_fps(fn) for _ in range(2 if local else 1))

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 
 def roundtrip_pickle(obj: Any) -> tuple[Any, int]:
@@ -33,3 +34,16 @@ def assert_every_frame_once(batches: Iterable[torch.Tensor], reference: np.ndarr
             seen[(s, t)] = seen.get((s, t), 0) + 1
     assert len(seen) == len(reference), f"{len(reference) - len(seen)} frames never came back"
     assert set(seen.values()) == {1}, "some frames came back more than once"
+
+
+class CollateWithStats:
+    """A ``collate_fn`` that also returns the worker's ``ds.stats()``: what served the batch.
+
+        loader = DataLoader(ds, batch_size=8, num_workers=2, collate_fn=CollateWithStats(ds))
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __call__(self, batch: list[Any]) -> tuple[Any, dict[str, float]]:
+        return default_collate(batch), self.dataset.stats()

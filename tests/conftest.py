@@ -22,6 +22,8 @@ LAYOUTS = {
     "v3-chunk1-zstd": {"chunk": 1, "codec": "zstd"},
     "v3-chunk16": {"chunk": 16, "codec": "zstd"},
     "v3-sharded": {"chunk": 4, "shard": 16, "codec": "zstd"},
+    "v3-sharded-chunk1": {"chunk": 1, "shard": 8, "codec": "zstd"},
+    "v3-tiles": {"chunk": 1, "tile": 5, "codec": "zstd"},
     "v2-blosc": {"chunk": 4, "codec": "blosc", "zarr_format": 2},
     "nested": {"chunk": 4, "codec": "zstd", "nested": True},
 }

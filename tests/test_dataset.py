@@ -7,7 +7,7 @@ import multiprocessing
 import numpy as np
 import pytest
 import torch
-from checks import assert_every_frame_once, roundtrip_pickle
+from checks import CollateWithStats, assert_every_frame_once, roundtrip_pickle
 from conftest import SIZE, reference
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
@@ -19,7 +19,7 @@ STORES, FRAMES = 3, 20
 ARRAY = "data/camera0_rgb"
 
 
-def loader(ds: ZarrFrameDataset, context: str, workers: int = 2) -> DataLoader:
+def loader(ds: ZarrFrameDataset, context: str, workers: int = 2, **kwargs) -> DataLoader:
     ctx = multiprocessing.get_context(context) if workers else None
     return DataLoader(
         ds,
@@ -28,6 +28,7 @@ def loader(ds: ZarrFrameDataset, context: str, workers: int = 2) -> DataLoader:
         num_workers=workers,
         multiprocessing_context=ctx,
         timeout=120 if workers else 0,
+        **kwargs,
     )
 
 
@@ -37,7 +38,11 @@ def test_every_frame_once_local(tmp_path, layout, context):
     write_stores(root, stores=STORES, frames=FRAMES, size=SIZE, **layout)
     ds = ZarrFrameDataset(root, array=ARRAY, media="image")
     assert len(ds) == STORES * FRAMES
-    assert_every_frame_once(loader(ds, context), reference(STORES, FRAMES), FRAMES)
+    served = list(loader(ds, context, collate_fn=CollateWithStats(ds)))
+    assert_every_frame_once((batch for batch, _ in served), reference(STORES, FRAMES), FRAMES)
+    last = served[-1][1]
+    assert last["chunks_decoded_direct"] > 0, "zarr_torch's own decoders served the workers' batches"
+    assert last["chunks_decoded_by_zarr"] == 0
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zarr_torch import indexfile, io
+from zarr_torch import indexfile, redact
 from zarr_torch.index import SelectionIndex
 from zarr_torch.models import read_zarr
 from zarr_torch.synth import write_stores
@@ -33,7 +33,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Print every store under a prefix with its arrays' shapes, chunks and dtypes."""
     stores = read_zarr(args.uri, _options(args.storage_options))
     for store in stores:
-        print(io.redact_uri(store.uri))
+        print(redact.redact_uri(store.uri))
         for arr in store.get_arrays():
             print(
                 f"  {arr.path or '/'}  shape={tuple(arr.shape)} chunks={tuple(arr.chunks)} dtype={arr.dtype}"
@@ -83,7 +83,7 @@ def cmd_index_verify(args: argparse.Namespace) -> int:
     index = SelectionIndex.load(args.file, _options(args.storage_options))
     changed = index.verify()
     for uri in changed:
-        print(f"changed: {io.redact_uri(uri)}")
+        print(f"changed: {redact.redact_uri(uri)}")
     print(f"{len(changed)} of {len(index.stores)} stores changed since the index was built")
     return 1 if changed else 0
 

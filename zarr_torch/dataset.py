@@ -10,7 +10,6 @@ the arrays it reads lazily, once (see :mod:`zarr_torch.io`).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -19,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
-from zarr_torch import io, windows
-from zarr_torch.chunks import CACHE_BYTES
+from zarr_torch import process, read, redact, windows
+from zarr_torch.cache import CACHE_BYTES
 from zarr_torch.errors import ReadError, SkipLog
 from zarr_torch.index import SelectionIndex, Source
 from zarr_torch.models import Media, ZarrSelection
@@ -140,7 +139,7 @@ class ZarrFrameDataset(Dataset):
         idx = self._check(indices)
         self._configure_process()
         keys = list(self.indexes)
-        reads = io.run(self._read_all(idx))
+        reads = process.run(self._read_all(idx))
         samples = []
         for k, i in enumerate(idx.tolist()):
             parts = {key: read[k] for key, read in zip(keys, reads, strict=True)}
@@ -162,13 +161,8 @@ class ZarrFrameDataset(Dataset):
         specs, lengths = index.array_specs(), rows["length"]
         window = int(lengths.max()) if len(rows) else 0
         if window == 0:
-            return await io.read_items(
-                specs,
-                rows["array"],
-                rows["start"],
-                strict=self.strict,
-                retry=self.retry,
-                return_exceptions=True,
+            return await read.read_items(
+                specs, rows["array"], rows["start"], strict=self.strict, retry=self.retry
             )
         if (lengths != window).any():
             raise ValueError(f"an index mixes windows of {sorted(set(lengths.tolist()))} frames")
@@ -178,14 +172,8 @@ class ZarrFrameDataset(Dataset):
         read_at = np.clip(
             np.where(end - first >= window, np.clip(starts, first, end - window), first), 0, size - window
         )
-        blocks = await io.read_items(
-            specs,
-            rows["array"],
-            read_at,
-            window,
-            strict=self.strict,
-            retry=self.retry,
-            return_exceptions=True,
+        blocks = await read.read_items(
+            specs, rows["array"], read_at, window, strict=self.strict, retry=self.retry
         )
         return [
             b
@@ -198,17 +186,17 @@ class ZarrFrameDataset(Dataset):
 
     def _configure_process(self) -> None:
         """Apply the cache budget and, in a ``DataLoader`` worker, the thread budget, once."""
-        state = io.process_state()
+        state = process.process_state()
         wanted = (self.cache_bytes, self.threads)
         if state.configured == wanted:
             return
         state.cache.budget = self.cache_bytes
         threads, worker = self.threads, get_worker_info()
         if threads is None and worker is not None:
-            threads = max(1, (os.cpu_count() or 1) // worker.num_workers)
+            threads = max(1, process.available_cores() // worker.num_workers)
         if threads is not None:
             torch.set_num_threads(threads)
-            io.set_decode_threads(threads)
+            state.set_decode_threads(threads)
         state.configured = wanted
 
     def stats(self) -> dict[str, float]:
@@ -218,7 +206,7 @@ class ZarrFrameDataset(Dataset):
 
             ds.stats()["read_amplification"]  # 1.0: nothing decoded was thrown away
         """
-        state = io.process_state()
+        state = process.process_state()
         return {
             **state.stats.as_dict(),
             "cache_bytes": state.cache.nbytes,
@@ -229,8 +217,8 @@ class ZarrFrameDataset(Dataset):
         index = self.indexes[key]
         array_id, start = int(index.rows["array"][i]), int(index.rows["start"][i])
         uri, path, options = index.array_specs()[array_id]
-        shown = io.redact_uri(uri)
-        detail = io.scrub(f"{type(cause).__name__}: {cause}", options)
+        shown = redact.redact_uri(uri)
+        detail = redact.scrub(f"{type(cause).__name__}: {cause}", options)
         return ReadError(
             f"cannot read sample {i}: array {path!r} in store {shown!r}, index {start}: {detail}",
             uri=shown,
@@ -262,7 +250,7 @@ class ZarrFrameDataset(Dataset):
     def _sample(self, parts: dict[str | None, np.ndarray]) -> Any:
         started = time.perf_counter()
         sample = self._apply_transform(parts)
-        io.process_state().stats.transform_s += time.perf_counter() - started
+        process.process_state().stats.add(transform_s=time.perf_counter() - started)
         return sample
 
     def _apply_transform(self, parts: dict[str | None, np.ndarray]) -> Any:

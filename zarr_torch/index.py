@@ -30,9 +30,10 @@ from tqdm.auto import tqdm
 from zarr.core.array import AsyncArray
 from zarr.errors import NodeNotFoundError
 
-from zarr_torch import indexfile, io, windows
+from zarr_torch import indexfile, process, redact, windows
 from zarr_torch.models import Media, ZarrArray, ZarrSelection, ZarrStore, read_zarr
 from zarr_torch.storage import MissingChunkError
+from zarr_torch.stores import make_store, missing_chunks, open_array, open_arrays, options_key
 
 logger = logging.getLogger("zarr_torch")
 
@@ -143,7 +144,7 @@ class SelectionIndex:
             if len(sel.index) != 1:
                 raise ValueError(
                     f"selection {n} of array {sel.array.path!r} in store "
-                    f"{io.redact_uri(sel.array.store.uri)!r} has index {sel.index}: "
+                    f"{redact.redact_uri(sel.array.store.uri)!r} has index {sel.index}: "
                     "an index holds one int on the leading axis per selection"
                 )
             store_id = tables.store_id(sel.array.store)
@@ -220,7 +221,7 @@ class SelectionIndex:
             names = {str(w).rstrip("/") for w in ([wanted] if isinstance(wanted, str) else wanted)}
             unknown = sorted(names - set(values))
             if unknown:
-                shown = ", ".join(repr(io.redact_uri(u)) for u in unknown[:5])
+                shown = ", ".join(repr(redact.redact_uri(u)) for u in unknown[:5])
                 raise ValueError(f"no {what} {shown} in this index")
             keep &= np.array([v in names for v in values], dtype=bool)
         return SelectionIndex.concat([self[keep[self.rows["array"]]]])
@@ -279,12 +280,12 @@ class SelectionIndex:
             actions = frames_index.with_path("data/action")
         """
         specs = [(self.stores[e.store].uri, path, self.stores[e.store].storage_options) for e in self.arrays]
-        opened = io.open_arrays(specs, refresh=True)
+        opened = open_arrays(specs, refresh=True)
         arrays = []
         for entry, (uri, _, _), arr in zip(self.arrays, specs, opened, strict=True):
             if arr.shape[0] != entry.shape[0]:
                 raise ValueError(
-                    f"store {io.redact_uri(uri)!r}: {path!r} has {arr.shape[0]} items on its leading "
+                    f"store {redact.redact_uri(uri)!r}: {path!r} has {arr.shape[0]} items on its leading "
                     f"axis but {entry.path!r} has {entry.shape[0]}"
                 )
             arrays.append(
@@ -321,11 +322,11 @@ class SelectionIndex:
     def validate(self) -> None:
         """Open every array concurrently; raise naming the first one missing or changed."""
         for entry, spec, arr in zip(
-            self.arrays, self.array_specs(), io.open_arrays(self.array_specs(), refresh=True), strict=True
+            self.arrays, self.array_specs(), open_arrays(self.array_specs(), refresh=True), strict=True
         ):
             if tuple(arr.shape) != entry.shape:
                 raise ValueError(
-                    f"array {spec[1]!r} in store {io.redact_uri(spec[0])!r} has shape "
+                    f"array {spec[1]!r} in store {redact.redact_uri(spec[0])!r} has shape "
                     f"{tuple(arr.shape)}, but the index expects {entry.shape}"
                 )
 
@@ -343,7 +344,9 @@ class SelectionIndex:
             changed = SelectionIndex.load("frames.zti", storage_options=opts).verify()
         """
         paths = [sorted({m[0] for m in metas}) for metas in self._metas_by_store()]
-        fresh = io.run(io.gather_bounded(_fresh_metas(s, p) for s, p in zip(self.stores, paths, strict=True)))
+        fresh = process.run(
+            process.gather_bounded(_fresh_metas(s, p) for s, p in zip(self.stores, paths, strict=True))
+        )
         return [
             store.uri
             for store, expected, metas in zip(self.stores, self.fingerprints(), fresh, strict=True)
@@ -368,9 +371,9 @@ class SelectionIndex:
         """
         index = self if self._compact() else SelectionIndex.concat([self])
         for store in index.stores:
-            if io.redact_uri(store.uri) != store.uri:
+            if redact.redact_uri(store.uri) != store.uri:
                 raise ValueError(
-                    f"store {io.redact_uri(store.uri)!r} has credentials in its URI, which an index "
+                    f"store {redact.redact_uri(store.uri)!r} has credentials in its URI, which an index "
                     "file never holds: give them as storage_options instead"
                 )
         header = {
@@ -464,7 +467,7 @@ class _Tables:
 
     def store_id(self, store: ZarrStore) -> int:
         """The id of ``store`` (same URI and options), added if new."""
-        key = (store.uri, io.options_key(store.storage_options))
+        key = (store.uri, options_key(store.storage_options))
         if key not in self._store_ids:
             self._store_ids[key] = len(self.stores)
             self.stores.append(store)
@@ -485,7 +488,7 @@ def _fingerprint(metas: Iterable[Meta]) -> str:
 
 async def _fresh_metas(store: ZarrStore, paths: list[str]) -> list[Meta] | None:
     """The metadata of ``paths`` read through a new handle on ``store``; None if any is gone."""
-    target = io.make_store(store.uri, store.storage_options)
+    target = make_store(store.uri, store.storage_options)
     try:
         nodes = await asyncio.gather(*(zasync.open(store=target, path=p, mode="r") for p in paths))
     except (FileNotFoundError, NodeNotFoundError):
@@ -504,7 +507,7 @@ def resolve_stores(source: Source, storage_options: dict[str, Any] | None = None
     if isinstance(source, str):
         stores = read_zarr(source, storage_options)
         if not stores:
-            raise ValueError(f"no Zarr stores under {io.redact_uri(source)!r}")
+            raise ValueError(f"no Zarr stores under {redact.redact_uri(source)!r}")
         return stores
     stores = [s if isinstance(s, ZarrStore) else ZarrStore(uri=str(s)) for s in source]
     if storage_options is not None:
@@ -535,10 +538,10 @@ def _episode_ends(stores: list[ZarrStore], path: str) -> list[np.ndarray]:
     """Every store's cumulative episode ends, read concurrently."""
 
     async def read(store: ZarrStore) -> np.ndarray:
-        arr = await io.open_array(store.uri, path, store.storage_options, refresh=True)
+        arr = await open_array(store.uri, path, store.storage_options, refresh=True)
         return np.asarray(await arr.getitem(...))
 
-    return io.run(io.gather_bounded(map(read, stores)))
+    return process.run(process.gather_bounded(map(read, stores)))
 
 
 def _window_rows(
@@ -557,7 +560,7 @@ def _window_rows(
         try:
             spans.append(windows.episodes(store_ends, entry.shape[0]))
         except ValueError as exc:
-            raise ValueError(f"store {io.redact_uri(store.uri)!r}: {exc}") from None
+            raise ValueError(f"store {redact.redact_uri(store.uri)!r}: {exc}") from None
     longest = max(end - first for store_spans in spans for first, end in store_spans)
     if window > longest:
         raise ValueError(f"window {window} is longer than every episode (the longest has {longest} frames)")
@@ -584,10 +587,10 @@ def _window_rows(
 
 def _check_chunks(stores: list[ZarrStore], path: str) -> None:
     async def missing(store: ZarrStore) -> list[str]:
-        arr = await io.open_array(store.uri, path, store.storage_options)
-        return [f"{io.redact_uri(store.uri)}/{key}" for key in await io.missing_chunks(arr)]
+        arr = await open_array(store.uri, path, store.storage_options)
+        return [f"{redact.redact_uri(store.uri)}/{key}" for key in await missing_chunks(arr)]
 
-    found = [key for keys in io.run(io.gather_bounded(map(missing, stores))) for key in keys]
+    found = [key for keys in process.run(process.gather_bounded(map(missing, stores))) for key in keys]
     if found:
         shown = "\n  ".join(found[:20]) + ("\n  ..." if len(found) > 20 else "")
         raise MissingChunkError(f"{len(found)} chunk(s) of {path!r} missing:\n  {shown}")
@@ -609,22 +612,22 @@ def _read_entries(
 
         async def one(i: int, store: ZarrStore, zarr_format: int | None) -> AsyncArray:
             try:
-                arr = await io.open_array(
+                arr = await open_array(
                     store.uri, path, store.storage_options, refresh=True, zarr_format=zarr_format
                 )
             except FileNotFoundError:
                 if zarr_format is None:
                     raise
-                arr = await io.open_array(store.uri, path, store.storage_options, refresh=True)
+                arr = await open_array(store.uri, path, store.storage_options, refresh=True)
             bar.update()
             if arr.ndim == 0:
-                raise ValueError(f"array {path!r} in store {io.redact_uri(store.uri)!r} is 0-d")
+                raise ValueError(f"array {path!r} in store {redact.redact_uri(store.uri)!r} is 0-d")
             return arr
 
         try:
             first = await one(0, stores[0], None)
             zarr_format = first.metadata.zarr_format
-            rest = await io.gather_bounded(one(i, s, zarr_format) for i, s in enumerate(stores[1:], 1))
+            rest = await process.gather_bounded(one(i, s, zarr_format) for i, s in enumerate(stores[1:], 1))
         finally:
             bar.close()
         return [
@@ -632,7 +635,7 @@ def _read_entries(
             for i, (s, arr) in enumerate(zip(stores, [first, *rest], strict=True))
         ]
 
-    return io.run(read_all())
+    return process.run(read_all())
 
 
 __all__ = ["ROW_DTYPE", "ArrayEntry", "SelectionIndex", "resolve_stores"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from zarr_torch import io
+from zarr_torch import redact
 from zarr_torch.models import ZarrArray, ZarrSelection, ZarrStore
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def index_from_datachain(
 
 def to_records(index: SelectionIndex) -> Iterator[dict[str, Any]]:
     """Plain rows ``{"uri", "array", "index", "media"}`` of an index, in order (no credentials)."""
-    uris = [io.redact_uri(s.uri) for s in index.stores]
+    uris = [redact.redact_uri(s.uri) for s in index.stores]
     entries = [(uris[e.store], e.path, e.media) for e in index.arrays]
     for array_id, start in zip(index.rows["array"].tolist(), index.rows["start"].tolist(), strict=True):
         uri, path, media = entries[array_id]

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from zarr.core.array import AsyncArray
 from zarr.core.group import AsyncGroup
 
-from zarr_torch import io
+from zarr_torch import process, redact
+from zarr_torch.stores import open_array, open_node, options_key
 
 Media = Literal["image", "audio", "video"]
 
@@ -49,14 +50,14 @@ class ZarrStore(BaseModel):
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
     def __repr_args__(self):
-        yield "uri", io.redact_uri(self.uri)
-        yield "storage_options", io.redact_options(self.storage_options)
+        yield "uri", redact.redact_uri(self.uri)
+        yield "storage_options", redact.redact_options(self.storage_options)
 
     def __hash__(self) -> int:
-        return hash((self.uri, io.options_key(self.storage_options)))
+        return hash((self.uri, options_key(self.storage_options)))
 
     def _open(self, path: str = "") -> AsyncArray | AsyncGroup:
-        return io.run(io.open_node(self.uri, path, self.storage_options))
+        return process.run(open_node(self.uri, path, self.storage_options))
 
     def get_info(self) -> ZarrInfo:
         """Format, array paths and root attributes of the store."""
@@ -73,7 +74,7 @@ class ZarrStore(BaseModel):
 
     def get_array(self, path: str = "") -> ZarrArray:
         """The array at ``path`` ("" for an array-only store); ValueError if it is a group."""
-        arr = io.run(io.open_array(self.uri, path, self.storage_options))
+        arr = process.run(open_array(self.uri, path, self.storage_options))
         return ZarrArray.from_handle(self, path, arr)
 
     def _arrays(self, node: AsyncArray | AsyncGroup) -> list[ZarrArray]:
@@ -85,7 +86,7 @@ class ZarrStore(BaseModel):
 
         return [
             ZarrArray.from_handle(self, name, arr)
-            for name, arr in sorted(io.run(members()), key=lambda x: x[0])
+            for name, arr in sorted(process.run(members()), key=lambda x: x[0])
         ]
 
 
@@ -113,10 +114,10 @@ class ZarrArray(BaseModel):
 
     def read(self, selection: Any = None) -> np.ndarray:
         """The whole array, or a NumPy-style ``selection`` of it."""
-        return io.run(self._read(... if selection is None else selection))
+        return process.run(self._read(... if selection is None else selection))
 
     async def _read(self, selection: Any) -> np.ndarray:
-        arr = await io.open_array(self.store.uri, self.path, self.store.storage_options)
+        arr = await open_array(self.store.uri, self.path, self.store.storage_options)
         return np.asarray(await arr.getitem(selection))
 
     def select(self, index: int | list[int], media: Media | None = None) -> ZarrSelection:
@@ -172,7 +173,7 @@ def read_zarr(uri: str, storage_options: dict[str, Any] | None = None) -> list[Z
     fs, root = fsspec.url_to_fs(uri, **options)
     root = root.rstrip("/") or root
     if not fs.isdir(root):
-        raise FileNotFoundError(f"no directory at {io.redact_uri(uri)!r}")
+        raise FileNotFoundError(f"no directory at {redact.redact_uri(uri)!r}")
 
     def unstrip(path: str) -> str:
         return fs.unstrip_protocol(path) if "://" in uri else path

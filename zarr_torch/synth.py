@@ -21,7 +21,8 @@ import zarr.api.asynchronous as zasync
 import zarr.codecs
 from tqdm.auto import tqdm
 
-from zarr_torch import io
+from zarr_torch import process
+from zarr_torch.stores import make_store
 
 Codec = Literal["zstd", "blosc", "gzip", "none"]
 ACTION_DIM = 2
@@ -80,23 +81,28 @@ def write_store(
     size: int | tuple[int, int] = 64,
     chunk: int = 1,
     shard: int | None = None,
+    tile: int | None = None,
     codec: Codec = "zstd",
     zarr_format: Literal[2, 3] = 3,
     storage_options: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> str:
-    """Write one replay-buffer store of ``sum(episode_lengths)`` frames at ``uri``."""
+    """Write one replay-buffer store of ``sum(episode_lengths)`` frames at ``uri``.
+
+    ``chunk`` frames per chunk (and ``shard`` per shard); ``tile`` cuts each frame's
+    height and width into chunks of ``tile`` pixels too (spatial tiles, as OME-Zarr does).
+    """
     if shard is not None and zarr_format == 2:
         raise ValueError("sharding needs zarr_format=3")
     frames = int(sum(episode_lengths))
-    target = io.make_store(uri, storage_options, read_only=False)
+    target = make_store(uri, storage_options, read_only=False)
     root = zarr.open_group(store=target, mode="w" if overwrite else "w-", zarr_format=zarr_format)
     root.attrs["synth_store"] = store
     data = root.require_group("data")
     compressors = _compressors(codec, zarr_format)
     rgb = make_frames(store, frames, size)
     for name, values, chunks in [
-        ("camera0_rgb", rgb, (chunk, *rgb.shape[1:])),
+        ("camera0_rgb", rgb, (chunk, *rgb.shape[1:]) if tile is None else (chunk, tile, tile, rgb.shape[3])),
         ("action", make_actions(store, frames), (chunk, ACTION_DIM)),
         ("robot0_eef_pos", make_state(store, frames), (chunk, 3)),
     ]:
@@ -164,7 +170,7 @@ def write_metadata_stores(
     bar = tqdm(total=stores, desc="writing metadata", unit="store", disable=not progress)
 
     async def one(uri: str) -> str:
-        target = io.make_store(uri, storage_options, read_only=False)
+        target = make_store(uri, storage_options, read_only=False)
         group = await zasync.open_group(store=target, mode="w-")
         data = await group.create_group("data")
         await data.create_array(
@@ -174,7 +180,7 @@ def write_metadata_stores(
         return uri
 
     try:
-        return io.run(io.gather_bounded(one(u) for u in uris))
+        return process.run(process.gather_bounded(one(u) for u in uris))
     finally:
         bar.close()
 

@@ -1,0 +1,235 @@
+"""The read path: every layout pixel-exact against zarr, each chunk and shard index read
+once, decoded straight into the batch where a chunk is a frame, and broken shards named."""
+
+from __future__ import annotations
+
+import os
+
+import numcodecs
+import numpy as np
+import pytest
+import torch
+import zarr
+from conftest import LAYOUTS, SIZE, reference
+from torch.utils.data import DataLoader
+
+from zarr_torch import ReadError, ZarrFrameDataset, process, read
+from zarr_torch.cache import ChunkCache
+from zarr_torch.synth import write_store, write_stores
+
+ARRAY = "data/camera0_rgb"
+
+
+def delta(ds: ZarrFrameDataset, before: dict, key: str) -> float:
+    return ds.stats()[key] - before[key]
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+@pytest.mark.parametrize("length", [0, 5])
+def test_batched_reads_equal_zarr(tmp_path, name, length):
+    write_stores(str(tmp_path / "s"), stores=2, frames=37, size=SIZE, **LAYOUTS[name])
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
+    specs = ds.index.array_specs()
+    rng = np.random.default_rng(0)
+    ids, starts = rng.integers(0, 2, 40), rng.integers(0, 37 - length, 40)
+    before = ds.stats()
+    got = process.run(read.read_items(specs, ids, starts, length))
+    for a, s, frame in zip(ids, starts, got, strict=True):
+        plain = zarr.open_array(specs[a][0], path=ARRAY, mode="r")
+        np.testing.assert_array_equal(frame, plain[s] if length == 0 else plain[s : s + length])
+        assert frame.flags.writeable and frame.flags.c_contiguous
+    assert delta(ds, before, "chunks_decoded_direct") > 0 and delta(ds, before, "chunks_decoded_by_zarr") == 0
+    assert len({f.ctypes.data - k * f.nbytes for k, f in enumerate(got)}) == 1, "views of one batch array"
+
+
+def test_chunks_of_one_frame_decode_straight_into_the_batch(tmp_path):
+    write_stores(str(tmp_path / "s"), stores=2, frames=9, size=SIZE, chunk=1)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
+    before = ds.stats()
+    batch = ds.__getitems__([3, 12, 3, 17])
+    np.testing.assert_array_equal(np.stack(batch), reference(2, 9)[[3, 12, 3, 17]])
+    assert delta(ds, before, "chunks_decoded_into_batch") == 3, "frame 3 twice: decoded once, copied"
+    assert delta(ds, before, "cache_bytes") == 0, "a one-frame chunk serves one item: never cached"
+
+
+def test_each_chunk_is_fetched_and_decoded_once(tmp_path):
+    write_stores(str(tmp_path / "s"), stores=1, frames=64, size=SIZE, chunk=16)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
+    before = ds.stats()
+    batch = ds.__getitems__(list(range(16, 32)))
+    after = ds.stats()
+    assert after["chunks_fetched"] - before["chunks_fetched"] == 1
+    frame_bytes = SIZE * SIZE * 3
+    assert after["bytes_decoded"] - before["bytes_decoded"] == 16 * frame_bytes
+    assert after["bytes_returned"] - before["bytes_returned"] == 16 * frame_bytes
+    np.testing.assert_array_equal(np.stack(batch), reference(1, 64)[16:32])
+    ds.__getitems__([17, 20])  # chunk-mates in a later batch: from the cache
+    again = ds.stats()
+    assert again["chunks_fetched"] == after["chunks_fetched"]
+    assert again["cache_hits"] == after["cache_hits"] + 1
+    assert again["bytes_decoded"] == after["bytes_decoded"], "nothing decoded again"
+    assert 0 < again["cache_hit_rate"] < 1
+
+
+def test_a_shard_index_is_read_once_and_adjacent_chunks_in_one_range(tmp_path):
+    write_stores(str(tmp_path / "s"), stores=1, frames=64, size=SIZE, chunk=1, shard=32)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
+    before = ds.stats()
+    first = ds.__getitems__([*range(8), 40, 41])
+    assert delta(ds, before, "shard_indexes_fetched") == 2
+    assert delta(ds, before, "chunks_fetched") == 10
+    assert delta(ds, before, "ranges_fetched") == 2, "frames 0-7 in one range, 40-41 in another"
+    middle = ds.stats()
+    second = ds.__getitems__([9, 33, 63])
+    assert delta(ds, middle, "shard_indexes_fetched") == 0, "indexes kept by the process"
+    np.testing.assert_array_equal(np.stack(first + second), reference(1, 64)[[*range(8), 40, 41, 9, 33, 63]])
+
+
+def test_tiles_are_assembled_into_frames_and_windows(tmp_path):
+    write_stores(str(tmp_path / "s"), stores=1, frames=20, size=SIZE, chunk=2, tile=5)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, window=3)
+    before = ds.stats()
+    got = ds.__getitems__([0, 7, 17])
+    expected = reference(1, 20)
+    for w, start in zip(got, [0, 7, 17], strict=True):
+        np.testing.assert_array_equal(w.numpy(), expected[start : start + 3])
+    assert delta(ds, before, "chunks_fetched") == 9 * 6, "3 windows over 2 row-chunks each, 9 tiles a frame"
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {
+            "zarr_format": 2,
+            "dtype": ">u2",
+            "compressors": numcodecs.Zstd(),
+            "filters": [numcodecs.Delta(">u2")],
+        },
+        {"dtype": "uint16", "serializer": zarr.codecs.BytesCodec(endian="big"), "compressors": None},
+        {"dtype": "uint16", "serializer": zarr.codecs.BytesCodec(endian="big"), "shards": (8, 4, 4)},
+        {
+            "dtype": "float32",
+            "compressors": [zarr.codecs.ZstdCodec(checksum=True), zarr.codecs.Crc32cCodec()],
+        },
+        {"dtype": "int16", "compressors": numcodecs.zarr3.LZ4() if hasattr(numcodecs, "zarr3") else None},
+        {"dtype": "uint8", "index_location": "start", "compressors": None},
+    ],
+    ids=["v2-big-endian-delta", "v3-big-endian", "v3-sharded-big-endian", "crc32c", "lz4", "index-at-start"],
+)
+def test_codec_chains_decode_exactly_and_natively(tmp_path, layout):
+    layout = dict(layout)
+    sharding = layout.pop("shards", None)
+    if "index_location" in layout:
+        layout["serializer"] = zarr.codecs.ShardingCodec(
+            chunk_shape=(2, 4, 4), index_location=layout.pop("index_location")
+        )
+        sharding = None
+        layout["chunks"] = (8, 4, 4)
+    values = (np.arange(16 * 4 * 4) % 251).reshape(16, 4, 4).astype(layout["dtype"])
+    layout.setdefault("chunks", (2, 4, 4))
+    arr = zarr.create_array(str(tmp_path / "a.zarr"), shape=values.shape, shards=sharding, **layout)
+    arr[...] = values
+    ds = ZarrFrameDataset(str(tmp_path / "a.zarr"))
+    before = ds.stats()
+    got = torch.stack(ds.__getitems__([15, 0, 7, 8]))
+    assert got.dtype == torch.from_numpy(values.astype(values.dtype.newbyteorder("="))).dtype
+    np.testing.assert_array_equal(got.numpy(), values[[15, 0, 7, 8]])
+    assert delta(ds, before, "chunks_decoded_direct") > 0 and delta(ds, before, "chunks_decoded_by_zarr") == 0
+
+
+@pytest.mark.parametrize(
+    "codecs",
+    [
+        {"filters": [zarr.codecs.TransposeCodec(order=(2, 1, 0))]},
+        {"serializer": zarr.codecs.ShardingCodec(chunk_shape=(2, 3, 2))},  # then zstd over whole shards
+    ],
+    ids=["transpose", "compressed-shards"],
+)
+def test_chains_zarr_torch_does_not_decode_go_to_zarr_in_one_call(tmp_path, codecs):
+    values = np.arange(8 * 3 * 2, dtype="int32").reshape(8, 3, 2)
+    arr = zarr.create_array(
+        str(tmp_path / "t.zarr"), shape=values.shape, chunks=(4, 3, 2), dtype="int32", **codecs
+    )
+    arr[...] = values
+    ds = ZarrFrameDataset(str(tmp_path / "t.zarr"))
+    before = ds.stats()
+    np.testing.assert_array_equal(torch.stack(ds.__getitems__([6, 1, 5])).numpy(), values[[6, 1, 5]])
+    assert delta(ds, before, "chunks_decoded_by_zarr") == 2
+
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("damage", ["empty", "truncated", "directory"])
+def test_a_broken_shard_is_an_error_never_zeros(tmp_path, damage, strict):
+    uri = write_store(str(tmp_path / "ep.zarr"), 0, [32], size=SIZE, chunk=1, shard=16)
+    shard = tmp_path / "ep.zarr" / "data" / "camera0_rgb" / "c" / "1" / "0" / "0" / "0"
+    if damage == "empty":
+        shard.write_bytes(b"")
+    elif damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[: os.path.getsize(shard) // 2])
+    else:
+        shard.unlink()
+        shard.mkdir()
+    ds = ZarrFrameDataset(uri, array=ARRAY, strict=strict)
+    np.testing.assert_array_equal(ds[3].numpy(), reference(1, 32)[3])
+    with pytest.raises(
+        ReadError, match=r"sample 20: array 'data/camera0_rgb' in store .*ep\.zarr.*index 20"
+    ) as err:
+        ds.__getitems__([3, 20])
+    assert "shard" in str(err.value) and err.value.__cause__ is not None
+
+
+def test_an_absent_shard_reads_as_the_fill_value_or_fails_when_strict(tmp_path):
+    uri = write_store(str(tmp_path / "ep.zarr"), 0, [32], size=SIZE, chunk=1, shard=16)
+    (tmp_path / "ep.zarr" / "data" / "camera0_rgb" / "c" / "1" / "0" / "0" / "0").unlink()
+    assert (ZarrFrameDataset(uri, array=ARRAY)[20].numpy() == 0).all(), "as zarr reads it"
+    with pytest.raises(ReadError, match="missing"):
+        ZarrFrameDataset(uri, array=ARRAY, strict=True)[20]
+
+
+def test_sharded_reads_on_s3_use_byte_ranges(s3_bucket, s3_options):
+    write_stores(
+        f"{s3_bucket}/eps", stores=2, frames=24, size=SIZE, chunk=1, shard=8, storage_options=s3_options
+    )
+    ds = ZarrFrameDataset(f"{s3_bucket}/eps", array=ARRAY, storage_options=s3_options)
+    before = ds.stats()
+    order = np.random.default_rng(1).permutation(48)
+    got = np.stack([f.numpy() for k in range(0, 48, 16) for f in ds.__getitems__(order[k : k + 16].tolist())])
+    np.testing.assert_array_equal(got, reference(2, 24)[order])
+    assert delta(ds, before, "shard_indexes_fetched") == 6
+    assert 0 < delta(ds, before, "ranges_fetched") <= 48
+    assert delta(ds, before, "chunks_decoded_into_batch") == 48
+
+
+def test_cache_keeps_within_its_budget(tmp_path):
+    write_stores(str(tmp_path / "s"), stores=2, frames=40, size=SIZE, chunk=4)
+    chunk_bytes = 4 * SIZE * SIZE * 3
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, cache_bytes=3 * chunk_bytes)
+    for start in range(0, 80, 8):
+        ds.__getitems__(list(range(start, start + 8)))
+        assert ds.stats()["cache_bytes"] <= 3 * chunk_bytes
+    assert ds.stats()["cache_budget"] == 3 * chunk_bytes
+
+
+def test_lru_drops_the_least_recently_used():
+    cache = ChunkCache(budget=30)
+    for k in "abc":
+        cache.put(k, np.zeros(10, dtype=np.uint8))
+    cache.get("a")
+    cache.put("d", np.zeros(10, dtype=np.uint8))
+    assert cache.get("b") is None and cache.get("a") is not None and len(cache) == 3
+    cache.put("huge", np.zeros(31, dtype=np.uint8))
+    assert cache.get("huge") is None, "an item over the whole budget is not kept"
+
+
+def torch_threads(frame: np.ndarray) -> torch.Tensor:
+    return torch.tensor([torch.get_num_threads(), process.process_state().decode_threads])
+
+
+def test_workers_share_the_cores(tmp_path):
+    write_stores(str(tmp_path / "s"), stores=1, frames=8, size=SIZE, chunk=4)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, transform=torch_threads)
+    share = max(1, process.available_cores() // 2)
+    seen = {tuple(t.tolist()) for batch in DataLoader(ds, batch_size=2, num_workers=2) for t in batch}
+    assert seen == {(share, share)}
+    pinned = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, transform=torch_threads, threads=3)
+    assert {tuple(t.tolist()) for b in DataLoader(pinned, batch_size=2, num_workers=2) for t in b} == {(3, 3)}

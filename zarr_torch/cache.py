@@ -1,0 +1,88 @@
+"""Decoded chunks kept per process under a byte budget, and what the reads cost.
+
+cache = ChunkCache(budget=256 * 2**20)
+cache.put(("ep0.zarr", (3, 0, 0, 0)), chunk); cache.get(("ep0.zarr", (3, 0, 0, 0)))
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+_STATS_LOCK = threading.Lock()
+#: the default byte budget of each process's decoded-chunk cache.
+CACHE_BYTES = 256 * 2**20
+
+
+@dataclass
+class ReadStats:
+    """What this process has read: ``ds.stats()`` reports it.
+
+    ``read_amplification`` is bytes decoded per byte returned; 1.0 means nothing decoded
+    was thrown away. ``chunks_decoded_direct`` counts chunks decoded by zarr_torch's own
+    decoders (of those, ``chunks_decoded_into_batch`` straight into the batch), and
+    ``chunks_decoded_by_zarr`` those left to zarr's codec pipeline.
+    """
+
+    chunks_fetched: int = 0
+    bytes_fetched: int = 0
+    ranges_fetched: int = 0
+    shard_indexes_fetched: int = 0
+    chunks_absent: int = 0
+    chunks_decoded_direct: int = 0
+    chunks_decoded_into_batch: int = 0
+    chunks_decoded_by_zarr: int = 0
+    bytes_decoded: int = 0
+    bytes_returned: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    fetch_s: float = 0.0
+    decode_s: float = 0.0
+    transform_s: float = 0.0
+
+    def add(self, **counts: float) -> None:
+        """Add to several counters at once (safe from the decode threads)."""
+        with _STATS_LOCK:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def as_dict(self) -> dict[str, float]:
+        """The counters, plus read amplification and cache hit rate."""
+        out: dict[str, float] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["read_amplification"] = self.bytes_decoded / self.bytes_returned if self.bytes_returned else 0.0
+        looked_up = self.cache_hits + self.cache_misses
+        out["cache_hit_rate"] = self.cache_hits / looked_up if looked_up else 0.0
+        return out
+
+
+class ChunkCache:
+    """Arrays by key, least recently used dropped first beyond ``budget`` bytes; thread-safe."""
+
+    def __init__(self, budget: int = CACHE_BYTES) -> None:
+        self.budget = budget
+        self.nbytes = 0
+        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable) -> np.ndarray | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: np.ndarray) -> None:
+        with self._lock:
+            if key in self._items or value.nbytes > self.budget:
+                return
+            self._items[key] = value
+            self.nbytes += value.nbytes
+            while self.nbytes > self.budget:
+                self.nbytes -= self._items.popitem(last=False)[1].nbytes

@@ -1,0 +1,17 @@
+"""The read path, in one place: plan -> fetch -> decode -> assemble.
+
+- :mod:`.layout`: how an array's items map to stored chunks (made once per array).
+- :mod:`.plan`: which chunks a batch needs and where their rows go.
+- :mod:`.fetch`: their bytes: whole objects, or byte ranges of shards found in the
+  shard index; local files by plain reads, other stores through the retrying wrapper.
+- :mod:`.decode`: zarr_torch's own decoders, zarr's pipeline for the rest.
+- :mod:`.assemble`: copying decoded rows into one preallocated batch array.
+- :mod:`.engine`: :func:`read_items`, which runs the four steps for a batch, serving
+  decoded chunks from the per-process cache (:mod:`zarr_torch.cache`) when it can.
+
+    frames = run(read_items(specs, array_ids, starts))
+"""
+
+from zarr_torch.read.engine import read_items
+
+__all__ = ["read_items"]

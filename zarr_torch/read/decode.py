@@ -1,0 +1,167 @@
+"""Decode: a chunk's stored bytes to an array, by zarr_torch's own decoders or zarr's.
+
+zarr_torch decodes a chunk itself when it knows every codec of its chain: the v3
+``bytes`` codec of either byte order, the compressors zstd, blosc, gzip, any codec of
+numcodecs' registry (zlib, lz4, bz2, imagecodecs' JPEG-XL once registered, ...), the
+``crc32c`` checksum, and v2 filters. Those decoders release the GIL and run on the
+process's decode threads; where a chunk is exactly one frame they write it straight into
+the batch (numcodecs decoders take ``out=``). Any other chain (transposes, string
+dtypes, nested sharding) goes to zarr's own codec pipeline, one call per batch.
+
+    decoder = direct_decoder(arr.metadata, codecs, chunk_shape)
+    frame = decoder.decode(raw, out=batch[k][None])   # writes into batch[k]
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import google_crc32c
+import numcodecs
+import numpy as np
+from zarr.abc.codec import Codec
+from zarr.core.array_spec import ArrayConfig, ArraySpec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.registry import get_pipeline_class
+
+#: numpy dtype kinds zarr_torch leaves to zarr: objects, strings, datetimes.
+UNDECODED_KINDS = "OUSVMm"
+
+
+class ChecksumError(ValueError):
+    """A chunk's bytes do not match the checksum stored with them."""
+
+
+class _Crc32c:
+    """The v3 ``crc32c`` codec: check the trailing little-endian CRC-32C and strip it."""
+
+    def decode(self, buf: Any, out: Any = None) -> memoryview:
+        view = memoryview(buf).cast("B")
+        if len(view) < 4:
+            raise ChecksumError(f"{len(view)} bytes cannot hold a CRC-32C checksum")
+        body, (stored,) = view[:-4], struct.unpack("<I", view[-4:])
+        if google_crc32c.value(body.tobytes()) != stored:
+            raise ChecksumError("stored and computed CRC-32C checksums differ: the chunk is corrupt")
+        return body
+
+
+def _numcodecs_equivalent(codec: Codec) -> Any | None:
+    """The numcodecs codec that decodes what the zarr v3 bytes-to-bytes ``codec`` encoded."""
+    spec = codec.to_dict()
+    name, config = spec["name"], dict(spec.get("configuration") or {})
+    if name == "zstd":
+        return numcodecs.Zstd(level=config.get("level", 0), checksum=config.get("checksum", False))
+    if name == "blosc":
+        return numcodecs.Blosc()  # the frame header says how it was compressed
+    if name == "gzip":
+        return numcodecs.GZip(level=config.get("level", 5))
+    if name == "crc32c":
+        return _Crc32c()
+    if name.startswith("numcodecs."):
+        try:
+            return numcodecs.get_codec({"id": name.removeprefix("numcodecs."), **config})
+        except (ValueError, TypeError, KeyError):
+            return None
+    return None
+
+
+def _value(x: Any) -> Any:
+    """An enum's value, or the value itself (zarr 3.3 turned several enums into strings)."""
+    return getattr(x, "value", x)
+
+
+@dataclass(frozen=True)
+class DirectDecoder:
+    """Decodes one chunk with numcodecs: ``steps`` in order, then a view as ``stored``.
+
+    ``into`` says whether :meth:`decode` can write straight into a caller's array of the
+    chunk's shape and native dtype (one compressor or none, C order, native bytes).
+    """
+
+    steps: tuple[Any, ...]
+    stored: np.dtype
+    shape: tuple[int, ...]
+    order: str = "C"
+
+    @property
+    def into(self) -> bool:
+        return (
+            self.order == "C"
+            and self.stored.isnative
+            and all(isinstance(s, _Crc32c) for s in self.steps[:-1])
+        )
+
+    def decode(self, raw: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """The chunk of ``raw`` bytes; written into ``out`` (and returned) when given and
+        :attr:`into` allows, else a new (possibly read-only) array."""
+        buf = raw
+        for step in self.steps[:-1]:
+            buf = step.decode(buf)
+        last = self.steps[-1] if self.steps else None
+        if out is not None and self.into:
+            if last is None or isinstance(last, _Crc32c):
+                data = buf if last is None else last.decode(buf)
+                out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+            else:
+                last.decode(buf, out=out)
+            return out
+        if last is not None:
+            buf = last.decode(buf)
+        data = (
+            np.frombuffer(buf, dtype=self.stored)
+            if not isinstance(buf, np.ndarray)
+            else buf.view(self.stored)
+        )
+        return data.reshape(self.shape, order=self.order)  # type: ignore[call-overload]
+
+
+def direct_decoder(meta: Any, codecs: Sequence[Codec] | None, shape: tuple[int, ...]) -> DirectDecoder | None:
+    """zarr_torch's decoder for chunks of ``shape`` of an array with metadata ``meta``,
+    or None when a codec of its chain is not one zarr_torch decodes.
+
+    ``codecs`` is the v3 chain of one chunk (the inner chain of a sharded array); v2
+    arrays read their compressor and filters from ``meta``.
+    """
+    if meta.zarr_format == 2:
+        dtype = np.dtype(meta.dtype.to_native_dtype())
+        if dtype.kind in UNDECODED_KINDS:
+            return None
+        steps = [c for c in [meta.compressor, *reversed(meta.filters or ())] if c is not None]
+        return DirectDecoder(tuple(steps), dtype, shape, meta.order)
+    dtype = np.dtype(meta.data_type.to_native_dtype())
+    if dtype.kind in UNDECODED_KINDS or not codecs or type(codecs[0]).__name__ != "BytesCodec":
+        return None
+    endian = _value(codecs[0].endian)
+    stored = dtype.newbyteorder("<" if endian == "little" else ">") if endian else dtype
+    steps = [_numcodecs_equivalent(c) for c in reversed(codecs[1:])]
+    if any(s is None for s in steps):
+        return None
+    return DirectDecoder(tuple(steps), stored, shape)
+
+
+async def decode_with_zarr(
+    meta: Any, codecs: Sequence[Codec] | None, shape: tuple[int, ...], raws: Sequence[bytes]
+) -> list[np.ndarray]:
+    """Decode chunks of ``shape`` with zarr's own codec pipeline, all in one call.
+
+    ``codecs`` is the chain of one chunk (v3), or None for the array's own pipeline (v2).
+    """
+    prototype = default_buffer_prototype()
+    if meta.zarr_format == 2:
+        from zarr.core.array import create_codec_pipeline
+
+        pipeline, dtype, config = create_codec_pipeline(meta), meta.dtype, {"order": meta.order}
+    else:
+        pipeline, dtype, config = get_pipeline_class().from_codecs(codecs), meta.data_type, {}
+    spec = ArraySpec(
+        shape=shape,
+        dtype=dtype,
+        fill_value=meta.fill_value,
+        config=ArrayConfig.from_dict(config),
+        prototype=prototype,
+    )
+    decoded = await pipeline.decode([(prototype.buffer.from_bytes(bytes(r)), spec) for r in raws])
+    return [np.asarray(d.as_ndarray_like()) for d in decoded]

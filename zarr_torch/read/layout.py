@@ -1,0 +1,125 @@
+"""Layout: how an array's items map to stored chunks, decided once per array and process.
+
+A chunk is the unit zarr decodes: a whole chunk of an unsharded array, or an inner
+chunk of a sharded one, whose bytes sit at a range of its shard named by the shard's
+index. ``Layout`` holds what every batch of the array needs to know: shapes, where the
+store is (a local folder is read with plain file reads), and how to decode.
+
+    layout = layout_of(key, arr)
+    layout.store_key((3, 0, 0, 0))   # 'data/camera0_rgb/c/3/0/0/0'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from zarr.core.array import AsyncArray
+from zarr.storage import LocalStore
+
+from zarr_torch.process import process_state
+from zarr_torch.read.decode import DirectDecoder, direct_decoder
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the chunks of one array are and how they decode."""
+
+    key: Hashable
+    meta: Any
+    shape: tuple[int, ...]
+    #: the native-order dtype frames are served in.
+    dtype: np.dtype
+    #: the shape of a decoded chunk (an inner chunk when sharded).
+    chunk: tuple[int, ...]
+    #: the shape of a shard, or None when unsharded.
+    shard: tuple[int, ...] | None
+    #: the v3 codec chain of one chunk (inner chain when sharded); None for v2.
+    codecs: tuple | None
+    decoder: DirectDecoder | None
+    fill_value: Any
+    store: Any
+    #: the array's path inside its store ("" at the root).
+    path: str
+    #: the folder of a local store, read with plain file reads; None otherwise.
+    root: Path | None
+    #: for sharded arrays: the sharding codec, its index size and place.
+    sharding: Any = None
+    index_size: int = 0
+    index_at_start: bool = False
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Chunks along each axis."""
+        return tuple(-(-n // c) for n, c in zip(self.shape, self.chunk, strict=True))
+
+    @property
+    def chunks_per_shard(self) -> tuple[int, ...]:
+        assert self.shard is not None
+        return tuple(s // c for s, c in zip(self.shard, self.chunk, strict=True))
+
+    def store_key(self, coords: tuple[int, ...]) -> str:
+        """The store key of the chunk (or, when sharded, the shard) at grid ``coords``."""
+        name = self.meta.encode_chunk_key(coords)
+        return f"{self.path}/{name}" if self.path else name
+
+    def cached(self, span: int) -> bool:
+        """Whether decoded chunks are worth keeping: a chunk serves several items
+        (several frames per chunk, or windows that overlap)."""
+        return self.chunk[0] > 1 or span > 1
+
+
+def layout_of(key: Hashable, arr: AsyncArray) -> Layout:
+    """The layout of the open array ``arr`` known to this process as ``key`` (made once)."""
+    layouts = process_state().layouts
+    if key not in layouts:
+        layouts[key] = _make(key, arr)
+    return layouts[key]
+
+
+def _make(key: Hashable, arr: AsyncArray) -> Layout:
+    meta = arr.metadata
+    store = arr.store_path.store
+    inner = getattr(store, "_store", store)
+    root = Path(inner.root) if isinstance(inner, LocalStore) else None
+    common = {
+        "key": key,
+        "meta": meta,
+        "shape": tuple(arr.shape),
+        "dtype": np.dtype(arr.dtype).newbyteorder("="),
+        "fill_value": 0 if meta.fill_value is None else meta.fill_value,
+        "store": store,
+        "path": arr.store_path.path,
+        "root": root,
+    }
+    chunk = tuple(arr.chunks)
+    if meta.zarr_format == 2:
+        return Layout(
+            **common, chunk=chunk, shard=None, codecs=None, decoder=direct_decoder(meta, None, chunk)
+        )
+    # Shards whose bytes pass through more codecs cannot be read in ranges: whole chunks then.
+    sharded = len(meta.codecs) == 1 and type(meta.codecs[0]).__name__ == "ShardingCodec"
+    if not sharded:
+        chunk = tuple(meta.chunk_grid.chunk_shape)
+        codecs = tuple(meta.codecs)
+        return Layout(
+            **common, chunk=chunk, shard=None, codecs=codecs, decoder=direct_decoder(meta, codecs, chunk)
+        )
+    sharding = meta.codecs[0]
+    shard = tuple(meta.chunk_grid.chunk_shape)
+    chunk = tuple(sharding.chunk_shape)
+    codecs = tuple(sharding.codecs)
+    per_shard = tuple(s // c for s, c in zip(shard, chunk, strict=True))
+    return Layout(
+        **common,
+        chunk=chunk,
+        shard=shard,
+        codecs=codecs,
+        decoder=direct_decoder(meta, codecs, chunk),
+        sharding=sharding,
+        index_size=sharding._shard_index_size(per_shard),
+        index_at_start=getattr(sharding.index_location, "value", sharding.index_location) == "start",
+    )

@@ -1,0 +1,146 @@
+"""Making stores and opening arrays: once per process, through the retrying wrapper.
+
+arr = run(open_array("s3://bucket/ep0.zarr", "data/camera0_rgb", {"anon": True}))
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import zarr.api.asynchronous as zasync
+from zarr.abc.store import Store
+from zarr.core.array import AsyncArray
+from zarr.core.group import AsyncGroup
+from zarr.errors import NodeNotFoundError
+from zarr.storage import FsspecStore, LocalStore
+
+from zarr_torch.process import gather_bounded, process_state, run
+from zarr_torch.redact import redact_uri
+from zarr_torch.storage import ReliableStore
+
+Options = Mapping[str, Any]
+#: connections s3fs may hold open to S3 unless the storage options say otherwise.
+S3_CONNECTIONS = 64
+
+
+def is_local(uri: str) -> bool:
+    """True for a plain path or a ``file://`` URL."""
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    """The file system path of a local ``uri``."""
+    return re.sub(r"^file://", "", uri)
+
+
+def options_key(options: Options | None) -> str:
+    """A hashable, order-independent key for storage options."""
+    return json.dumps(options or {}, sort_keys=True, default=repr)
+
+
+def make_store(uri: str, storage_options: Options | None = None, *, read_only: bool = True) -> Store:
+    """A zarr store for ``uri``: a local path, ``file://`` or any fsspec URL."""
+    if is_local(uri):
+        return LocalStore(local_path(uri), read_only=read_only)
+    options = dict(storage_options or {})
+    if uri.startswith("s3://"):  # botocore's default pool of 10 connections caps a batch's fetches
+        config = options.get("config_kwargs", {})
+        options["config_kwargs"] = {"max_pool_connections": S3_CONNECTIONS, **config}
+    return FsspecStore.from_url(uri, storage_options=options, read_only=read_only)
+
+
+def get_store(uri: str, storage_options: Options | None = None) -> Store:
+    """This process's read-only store for ``uri``, created on first use.
+
+    Its reads retry transient failures (see :mod:`zarr_torch.storage`).
+    """
+    state = process_state()
+    key = (uri, options_key(storage_options))
+    if key not in state.stores:
+        state.stores[key] = ReliableStore(make_store(uri, storage_options))
+    return state.stores[key]
+
+
+async def open_node(
+    uri: str, path: str = "", storage_options: Options | None = None, *, zarr_format: int | None = None
+) -> AsyncArray | AsyncGroup:
+    """Open the array or group at ``path`` in the store at ``uri``.
+
+    ``zarr_format`` (2 or 3), when known, reads only that format's metadata documents
+    instead of probing for both. Raises ``FileNotFoundError`` naming the store (and the
+    path when the store exists).
+    """
+    store = get_store(uri, storage_options)
+    try:
+        return await zasync.open(store=store, path=path, mode="r", zarr_format=zarr_format)
+    except (FileNotFoundError, NodeNotFoundError) as exc:
+        shown = redact_uri(uri)
+        if path and await _store_exists(store):
+            raise FileNotFoundError(f"no Zarr array or group {path!r} in store {shown!r}") from exc
+        raise FileNotFoundError(
+            f"no Zarr store at {shown!r} (no zarr.json, .zgroup or .zarray found)"
+        ) from exc
+
+
+async def _store_exists(store: Store) -> bool:
+    try:
+        await zasync.open(store=store, mode="r")
+    except (FileNotFoundError, NodeNotFoundError):
+        return False
+    return True
+
+
+async def open_array(
+    uri: str,
+    path: str = "",
+    storage_options: Options | None = None,
+    *,
+    refresh: bool = False,
+    zarr_format: int | None = None,
+) -> AsyncArray:
+    """This process's handle on the array at ``path`` in ``uri``, opened once.
+
+    ``refresh=True`` reads the metadata again and replaces the cached handle;
+    ``zarr_format`` is passed to :func:`open_node`.
+    Raises ``FileNotFoundError`` when it does not exist, ``ValueError`` when it is a group.
+    """
+    state = process_state()
+    key = (uri, path, options_key(storage_options))
+    arr = None if refresh else state.arrays.get(key)
+    if arr is None:
+        node = await open_node(uri, path, storage_options, zarr_format=zarr_format)
+        if not isinstance(node, AsyncArray):
+            raise ValueError(f"{path or '/'!r} is a group, not an array, in store {redact_uri(uri)!r}")
+        arr = state.arrays[key] = node
+        state.layouts.pop(key, None)
+    return arr
+
+
+def open_arrays(
+    specs: Iterable[tuple[str, str, Options | None]], *, refresh: bool = False
+) -> list[AsyncArray]:
+    """Open every ``(uri, path, storage_options)`` concurrently; the first error is raised.
+
+    ``refresh=True`` reads fresh metadata even for arrays this process has open.
+
+    arrays = open_arrays([("ep0.zarr", "data/camera0_rgb", None)])
+    """
+    return run(gather_bounded(open_array(u, p, o, refresh=refresh) for u, p, o in specs))
+
+
+async def missing_chunks(arr: AsyncArray) -> list[str]:
+    """Store keys of the chunks (shards, if sharded) that ``arr``'s shape implies but the
+    store lacks. Lists the array's prefix once.
+
+        missing = run(missing_chunks(run(open_array("ep0.zarr", "data/camera0_rgb"))))
+    """
+    grid = arr.shards or arr.chunks
+    counts = [-(-size // step) for size, step in zip(arr.shape, grid, strict=True)]
+    prefix = f"{arr.store_path.path}/" if arr.store_path.path else ""
+    present = {key async for key in arr.store_path.store.list_prefix(prefix)}
+    expected = (prefix + arr.metadata.encode_chunk_key(c) for c in itertools.product(*map(range, counts)))
+    return [key for key in expected if key not in present]
