@@ -11,7 +11,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,datachain]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,datachain,lightning,accelerate]'
 	touch $@
 
 demo: venv
@@ -23,7 +23,7 @@ test: venv
 	$(PY) -m pytest -q
 
 bench: venv
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,datachain,bench]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,datachain,lightning,accelerate,bench]'
 	$(VENV)/bin/zarr-torch bench throughput
 	$(VENV)/bin/zarr-torch bench index
 

@@ -101,15 +101,22 @@ def test_a_checkpoint_at_the_end_of_an_epoch_resumes_into_a_full_next_epoch():
     state = sampler.state_dict()
     assert state["cursor"] == len(epoch3) == 32
 
-    same_epoch = ChunkAwareSampler(index, num_replicas=2, rank=0)
-    same_epoch.load_state_dict(state)
-    assert list(same_epoch) == epoch3, "a finished epoch is not an empty one"
+    sampler.set_epoch(4)
+    epoch4 = list(sampler)
 
-    next_epoch = ChunkAwareSampler(index, num_replicas=2, rank=0)
-    next_epoch.load_state_dict(state)
-    next_epoch.set_epoch(4)  # what Lightning, accelerate and torchdata.nodes do next
-    order = list(next_epoch)
-    assert len(order) == 32 and order != epoch3
+    sampler.set_epoch(5)
+    epoch5 = list(sampler)
+
+    resumed = ChunkAwareSampler(index, num_replicas=2, rank=0)
+    resumed.load_state_dict(state)  # torchdata.nodes: restore, iterate, then set_epoch(its own count + 1)
+    assert list(resumed) == epoch4, "the whole next epoch, not an empty or a repeated one"
+    resumed.set_epoch(4)  # nodes' own count still says epoch 3 was the restored one
+    assert list(resumed) == epoch5
+
+    told = ChunkAwareSampler(index, num_replicas=2, rank=0)
+    told.set_epoch(4)  # Lightning: set_epoch(next), then the loader restores the sampler
+    told.load_state_dict(state)
+    assert list(told) == epoch4, "the whole next epoch, not an empty or a repeated one"
 
 
 def test_a_restored_cursor_belongs_to_its_epoch():

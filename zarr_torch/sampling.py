@@ -112,6 +112,9 @@ class ChunkAwareSampler(DistributedSampler):
         self.epoch = 0
         self.cursor = 0  # indices the current iterator has yielded
         self._resume_at = 0
+        self._exhausted = False  # the last iterator ran to its end
+        #: after a restore that moved on to the next epoch: how far the loop's epoch count lags.
+        self._lag: int | None = None
         self._share()  # a bad rank or too few samples fail here when the share is known
 
     def _share(self) -> tuple[int, int]:
@@ -162,6 +165,12 @@ class ChunkAwareSampler(DistributedSampler):
 
         A restored cursor belongs to the restored epoch: moving to another epoch drops it.
         """
+        if self._lag is not None and epoch + self._lag == self.epoch and self._exhausted:
+            # A restore moved on to the next epoch by itself, and the loop now asks again
+            # for the epoch just finished (torchdata.nodes counts epochs on its own): its
+            # epoch e is this sampler's e + 1 from now on.
+            self._lag += 1
+        epoch += self._lag or 0
         if epoch != self.epoch:
             self._resume_at = 0
         self.epoch = epoch
@@ -188,14 +197,12 @@ class ChunkAwareSampler(DistributedSampler):
         return order[rank * per_rank : (rank + 1) * per_rank]
 
     def __iter__(self) -> Iterator[int]:
-        order = self.rank_order()
-        # A cursor at the end of its epoch (a checkpoint at the last batch) starts afresh.
-        start = self._resume_at if self._resume_at < len(order) else 0
-        self._resume_at = 0
-        self.cursor = start
-        for i in order[start:].tolist():
+        start, self._resume_at = self._resume_at, 0
+        self.cursor, self._exhausted = start, False
+        for i in self.rank_order()[start:].tolist():
             self.cursor += 1
             yield i
+        self._exhausted = True
 
     def state_dict(self) -> dict[str, int]:
         """Epoch, seed and how many indices the running epoch has yielded, with the share
@@ -211,6 +218,8 @@ class ChunkAwareSampler(DistributedSampler):
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume: the next iterator rebuilds that epoch's order and starts at the cursor.
 
+        A state saved at the end of its epoch resumes with the whole next epoch.
+
         A state saved with another number of replicas or another dataset size is a
         ``ValueError``: its cursor would point into a different order.
         """
@@ -222,5 +231,11 @@ class ChunkAwareSampler(DistributedSampler):
                 )
         if not 0 <= state["cursor"] <= self.num_samples:
             raise ValueError(f"cursor {state['cursor']} is out of range for {self.num_samples} samples")
-        self.epoch, self.seed = state["epoch"], state["seed"]
+        self.seed, self._lag = state["seed"], None
+        if state["cursor"] == self.num_samples:
+            # Saved at its epoch's last batch: the next epoch is due, whole. Lightning makes
+            # the loader's iterator before it calls set_epoch, so move on here.
+            self.epoch, self.cursor, self._resume_at, self._lag = state["epoch"] + 1, 0, 0, 0
+            return
+        self.epoch = state["epoch"]
         self.cursor = self._resume_at = state["cursor"]
