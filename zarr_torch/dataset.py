@@ -267,6 +267,8 @@ class ZarrFrameDataset(Dataset):
 
 
 def _tensor(frame: np.ndarray) -> torch.Tensor:
+    if frame.flags.c_contiguous and frame.flags.writeable:  # a view of the batch: no copy
+        return torch.from_numpy(frame)
     return torch.from_numpy(np.require(frame, requirements=["C", "W"]))
 
 

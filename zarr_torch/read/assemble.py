@@ -12,10 +12,13 @@ import numpy as np
 
 from zarr_torch.read.plan import Task
 
+#: from how many items of one chunk one fancy-indexed copy beats a plain copy per item.
+FANCY_FROM = 4
+
 
 def scatter(batch: np.ndarray, task: Task, chunk: np.ndarray, span: int) -> None:
     """Copy ``chunk``'s pieces into ``batch`` (items of ``span`` rows, 1 for single frames)."""
-    if span == 1:  # one row per item: one fancy-indexed copy for every item at once
+    if span == 1 and len(task.positions) > FANCY_FROM:  # one fancy-indexed copy for all items
         batch[(task.positions, 0, *task.region)] = chunk[(task.src, *task.src_region)]
         return
     for p, s, d, n in zip(task.positions, task.src, task.dst, task.rows, strict=True):

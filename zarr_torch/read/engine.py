@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,10 @@ from zarr_torch.read.layout import Layout, layout_of
 from zarr_torch.read.plan import Task, one_frame_chunks, plan
 from zarr_torch.storage import MissingChunkError, read_options
 from zarr_torch.stores import Options, open_array, options_key
+
+
+#: chunks smaller than this (decoded) are read and decoded on one thread per batch.
+PARALLEL_CHUNK_BYTES = 64 * 2**10
 
 
 async def read_items(
@@ -59,13 +64,17 @@ async def read_items(
             uri, path, options = specs[int(a)]
             layouts.append(layout_of((uri, path, options_key(options)), arr))
         batches = _allocate(layouts, members, len(starts), length)
-        errors = await asyncio.gather(
-            *(
-                _read_array(layout, m, starts[m], span, batch if length else batch[:, None], strict)
-                for layout, m, batch in zip(layouts, members, batches, strict=True)
-                if layout is not None
-            )
-        )
+        reads = [
+            _ArrayRead(layout, m, starts[m], span, batch if length else batch[:, None], strict)
+            for layout, m, batch in zip(layouts, members, batches, strict=True)
+            if layout is not None
+        ]
+        await asyncio.gather(*(r.prepare() for r in reads))
+        started = time.perf_counter()
+        local = [r for r in reads if r.local]
+        await asyncio.gather(_run_local(local), *(r.run_remote() for r in reads if not r.local))
+        process_state().stats.add(fetch_s=time.perf_counter() - started)
+        errors = [r.finish() for r in reads]
     for layout, m, batch in zip(layouts, members, batches, strict=True):
         if layout is None:
             continue
@@ -97,46 +106,97 @@ def _allocate(
     return batches
 
 
-async def _read_array(
-    layout: Layout, positions: np.ndarray, starts: np.ndarray, span: int, batch: np.ndarray, strict: bool
-) -> dict[int, BaseException]:
-    """Fill ``batch[positions]`` (items, then a row axis of ``span`` rows); return the
-    exception of every position that failed."""
-    bad = (starts < 0) | (starts + span > layout.shape[0])
-    failed = {
-        int(p): IndexError(f"rows {s}-{s + span - 1} are outside the array's {layout.shape[0]} rows")
-        for p, s in zip(positions[bad], starts[bad], strict=True)
-    }
-    positions, starts = positions[~bad], starts[~bad]
-    if len(positions) == 0:
-        return failed
+class _ArrayRead:
+    """The part of a batch that reads one array: planned, fetched and settled in turn."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        positions: np.ndarray,
+        starts: np.ndarray,
+        span: int,
+        batch: np.ndarray,
+        strict: bool,
+    ) -> None:
+        bad = (starts < 0) | (starts + span > layout.shape[0])
+        #: the exception of every batch position that failed.
+        self.failed: dict[int, BaseException] = {
+            int(p): IndexError(f"rows {s}-{s + span - 1} are outside the array's {layout.shape[0]} rows")
+            for p, s in zip(positions[bad], starts[bad], strict=True)
+        }
+        self.layout, self.positions, self.starts = layout, positions[~bad], starts[~bad]
+        self.span, self.batch, self.strict = span, batch, strict
+        self.local = layout.root is not None and layout.decoder is not None
+        self.tasks: list[Task] = []
+        self.units: list[Unit] = []
+        self.settled: dict[int, BaseException | None] = {}
+
+    async def prepare(self) -> None:
+        """Plan the chunks, serve what the cache holds, and plan the fetches of the rest."""
+        if len(self.positions) == 0:
+            return
+        state, layout = process_state(), self.layout
+        self.tasks = plan(layout, self.positions, self.starts, self.span)
+        keep = layout.cached(self.span)
+        todo = []
+        for i, task in enumerate(self.tasks):
+            hit = state.cache.get((layout.key, task.coords)) if keep else None
+            if hit is None:
+                todo.append(i)
+            else:
+                scatter(self.batch, task, hit, self.span)
+        state.stats.add(cache_hits=len(self.tasks) - len(todo), cache_misses=len(todo))
+        self.units, self.settled = await plan_fetch(layout, self.tasks, todo, strict=self.strict)
+        self.job = _Decode(layout, self.tasks, self.batch, self.span, keep, self.strict)
+
+    async def run_remote(self) -> None:
+        if self.units:
+            self.settled.update(await self.job.remote(self.units))
+
+    def finish(self) -> dict[int, BaseException]:
+        """Fill absent chunks with the fill value; return the failed positions."""
+        for i, outcome in self.settled.items():
+            if outcome is ABSENT:
+                fill(self.batch, self.tasks[i], self.layout.fill_value, self.span)
+                process_state().stats.add(chunks_absent=1)
+            else:
+                for p in self.tasks[i].positions.tolist():
+                    self.failed.setdefault(int(p), outcome)
+        return self.failed
+
+
+async def _run_local(reads: list[_ArrayRead]) -> None:
+    """Every unit of local arrays on the decode threads, split evenly, one pass each."""
+    work = [(r, u) for r in reads for u in r.units]
+    if not work:
+        return
     state = process_state()
-    tasks = plan(layout, positions, starts, span)
-    keep = layout.cached(span)
-    todo = []
-    for i, task in enumerate(tasks):
-        hit = state.cache.get((layout.key, task.coords)) if keep else None
-        if hit is None:
-            todo.append(i)
-        else:
-            scatter(batch, task, hit, span)
-    state.stats.add(cache_hits=len(tasks) - len(todo), cache_misses=len(todo))
-    units, settled = await plan_fetch(layout, tasks, todo, strict=strict)
-    job = _Decode(layout, tasks, batch, span, keep, strict)
-    started = time.perf_counter()
-    if layout.root is not None and layout.decoder is not None:
-        settled.update(await job.local(units))
-    else:
-        settled.update(await job.remote(units))
-    state.stats.add(fetch_s=time.perf_counter() - started)
-    for i, outcome in settled.items():
-        if outcome is ABSENT:
-            fill(batch, tasks[i], layout.fill_value, span)
-            state.stats.add(chunks_absent=1)
-        else:
-            for p in tasks[i].positions.tolist():
-                failed.setdefault(int(p), outcome)
-    return failed
+    # Chunks of a few KB decode in microseconds: two threads then spend more on handing the
+    # GIL back and forth than they gain (37 KB tiles: 7.0k frames/s on one, 4.4k on two).
+    small = sum(r.job.chunk_bytes < PARALLEL_CHUNK_BYTES for r, _ in work) > len(work) // 2
+    threads = 1 if small else min(state.decode_threads, len(work))
+    loop = asyncio.get_running_loop()
+    parts = await asyncio.gather(
+        *(loop.run_in_executor(state.pool(), _local_units, work[k::threads]) for k in range(threads))
+    )
+    for part in parts:
+        for r, i, outcome in part:
+            r.settled[i] = outcome
+    state.stats.add(ranges_fetched=sum(u.start is not None for _, u in work))
+
+
+def _local_units(work: list[tuple[_ArrayRead, Unit]]) -> list[tuple[_ArrayRead, int, BaseException | None]]:
+    """Read, decode and assemble units of local stores (on a decode thread)."""
+    out, counts = [], Counter()
+    for r, unit in work:
+        try:
+            raw = read_local(r.layout, unit)
+        except Exception as exc:
+            out += [(r, i, exc) for i, _, _ in unit.parts]
+            continue
+        out += [(r, i, v) for i, v in r.job.unit(unit, raw, counts).items()]
+    process_state().stats.add(**counts)
+    return out
 
 
 class _Decode:
@@ -148,42 +208,48 @@ class _Decode:
         self.layout, self.tasks, self.batch, self.span, self.keep = layout, tasks, batch, span, keep
         self.strict = strict
         self.into = layout.decoder is not None and layout.decoder.into and one_frame_chunks(layout, span)
+        self.chunk_bytes = int(np.prod(layout.chunk)) * layout.dtype.itemsize
 
-    def part(self, i: int, data: Any) -> None:
-        """Decode chunk ``data`` of task ``i`` into the batch (and the cache)."""
-        layout, task, stats = self.layout, self.tasks[i], process_state().stats
+    def part(self, i: int, data: Any) -> bool:
+        """Decode chunk ``data`` of task ``i`` into the batch (and the cache); True when it
+        went straight into the batch."""
+        layout, task = self.layout, self.tasks[i]
         assert layout.decoder is not None
         if self.into:  # straight into the first item that shows it, then copied to any other
             first = int(task.positions[0])
             layout.decoder.decode(data, out=self.batch[first])
             for p in task.positions[1:].tolist():
                 self.batch[p] = self.batch[first]
-            stats.add(
-                chunks_decoded_direct=1, chunks_decoded_into_batch=1, bytes_decoded=self.batch[0].nbytes
-            )
-            return
-        chunk = layout.decoder.decode(data)
-        self.place(i, chunk)
-        stats.add(chunks_decoded_direct=1)
+            return True
+        self.place(i, layout.decoder.decode(data))
+        return False
 
     def place(self, i: int, chunk: np.ndarray) -> None:
         """Copy a decoded chunk of task ``i`` into the batch; keep it if worth it."""
         scatter(self.batch, self.tasks[i], chunk, self.span)
-        process_state().stats.add(bytes_decoded=chunk.nbytes)
         if self.keep:
             process_state().cache.put((self.layout.key, self.tasks[i].coords), np.asarray(chunk))
 
-    def unit(self, unit: Unit, raw: bytes | None) -> dict[int, BaseException | None]:
-        """Decode every chunk of a fetched unit; return the tasks that did not decode."""
+    def unit(self, unit: Unit, raw: bytes | None, counts: Counter) -> dict[int, BaseException | None]:
+        """Decode every chunk of a fetched unit, counting into ``counts``; return the tasks
+        that did not decode."""
         if raw is None:
             return self.absent(unit)
         out: dict[int, BaseException | None] = {}
-        process_state().stats.add(chunks_fetched=len(unit.parts), bytes_fetched=len(raw))
+        into = 0
         for i, offset, length in unit.parts:
             try:
-                self.part(i, memoryview(raw)[offset : None if length < 0 else offset + length])
+                into += self.part(i, memoryview(raw)[offset : None if length < 0 else offset + length])
             except Exception as exc:
                 out[i] = exc
+        decoded = len(unit.parts) - len(out)
+        counts.update(
+            chunks_fetched=len(unit.parts),
+            bytes_fetched=len(raw),
+            chunks_decoded_direct=decoded,
+            chunks_decoded_into_batch=into,
+            bytes_decoded=decoded * self.chunk_bytes,
+        )
         return out
 
     def absent(self, unit: Unit) -> dict[int, BaseException | None]:
@@ -191,29 +257,6 @@ class _Decode:
         if self.strict:
             return {i: MissingChunkError(f"chunk {unit.key!r} is missing") for i, _, _ in unit.parts}
         return dict.fromkeys((i for i, _, _ in unit.parts), ABSENT)
-
-    def local_units(self, units: list[Unit]) -> dict[int, BaseException | None]:
-        """Read, decode and assemble ``units`` of a local store (on a decode thread)."""
-        out: dict[int, BaseException | None] = {}
-        for unit in units:
-            try:
-                raw = read_local(self.layout, unit)
-            except Exception as exc:
-                out.update(dict.fromkeys((i for i, _, _ in unit.parts), exc))
-                continue
-            out.update(self.unit(unit, raw))
-        return out
-
-    async def local(self, units: list[Unit]) -> dict[int, BaseException | None]:
-        """Every unit on the decode threads, split evenly, in one pass each."""
-        state = process_state()
-        threads = min(state.decode_threads, len(units))
-        loop = asyncio.get_running_loop()
-        parts = await asyncio.gather(
-            *(loop.run_in_executor(state.pool(), self.local_units, units[k::threads]) for k in range(threads))
-        )
-        state.stats.add(ranges_fetched=sum(u.start is not None for u in units))
-        return {i: v for part in parts for i, v in part.items()}
 
     async def remote(self, units: list[Unit]) -> dict[int, BaseException | None]:
         """Fetch every unit concurrently; decode each on the decode threads as it arrives
@@ -235,7 +278,10 @@ class _Decode:
                 raw = await read(unit)
             except Exception as exc:
                 return dict.fromkeys((i for i, _, _ in unit.parts), exc)
-            return await loop.run_in_executor(state.pool(), self.unit, unit, raw)
+            counts: Counter = Counter()
+            settled = await loop.run_in_executor(state.pool(), self.unit, unit, raw, counts)
+            state.stats.add(**counts)
+            return settled
 
         results = await asyncio.gather(*map(one, units))
         return {i: v for r in results for i, v in r.items()}
@@ -263,5 +309,7 @@ class _Decode:
             return {**out, **dict.fromkeys(parts, exc)}
         for i, chunk in zip(parts, chunks, strict=True):
             self.place(i, chunk)
-        process_state().stats.add(chunks_decoded_by_zarr=len(parts))
+        process_state().stats.add(
+            chunks_decoded_by_zarr=len(parts), bytes_decoded=len(parts) * self.chunk_bytes
+        )
         return out

@@ -127,7 +127,7 @@ async def shard_index(layout: Layout, shard: tuple[int, ...], key: str) -> np.nd
 def _local_index(layout: Layout, key: str) -> bytes | None:
     assert layout.root is not None
     try:
-        fd = os.open(layout.root / key, os.O_RDONLY)
+        fd = os.open(layout.root + key, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
@@ -178,19 +178,18 @@ async def _decode_index(layout: Layout, raw: bytes, key: str) -> np.ndarray:
 def read_local(layout: Layout, unit: Unit) -> bytes | None:
     """The bytes of ``unit`` from a local store; None when its object is absent."""
     assert layout.root is not None
-    path = layout.root / unit.key
-    if unit.start is None:
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-    fd = os.open(path, os.O_RDONLY)
     try:
-        data = os.pread(fd, unit.stop - unit.start, unit.start)
+        fd = os.open(layout.root + unit.key, os.O_RDONLY)
+    except FileNotFoundError:
+        if unit.start is not None:
+            raise ShardError(f"shard {unit.key!r} disappeared after its index was read") from None
+        return None
+    try:
+        if unit.start is None:
+            return os.read(fd, os.fstat(fd).st_size)
+        return _checked(unit, os.pread(fd, unit.stop - unit.start, unit.start))
     finally:
         os.close(fd)
-    return _checked(unit, data)
 
 
 async def read_remote(layout: Layout, unit: Unit) -> bytes | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,8 +43,8 @@ class Layout:
     store: Any
     #: the array's path inside its store ("" at the root).
     path: str
-    #: the folder of a local store, read with plain file reads; None otherwise.
-    root: Path | None
+    #: the folder of a local store (ending in "/"), read with plain file reads; None otherwise.
+    root: str | None
     #: for sharded arrays: the sharding codec, its index size and place.
     sharding: Any = None
     index_size: int = 0
@@ -84,7 +83,7 @@ def _make(key: Hashable, arr: AsyncArray) -> Layout:
     meta = arr.metadata
     store = arr.store_path.store
     inner = getattr(store, "_store", store)
-    root = Path(inner.root) if isinstance(inner, LocalStore) else None
+    root = f"{inner.root}/" if isinstance(inner, LocalStore) else None
     common = {
         "key": key,
         "meta": meta,
