@@ -4,6 +4,8 @@ once, decoded straight into the batch where a chunk is a frame, and broken shard
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import numcodecs
 import numpy as np
@@ -13,7 +15,7 @@ import zarr
 from conftest import LAYOUTS, SIZE, reference
 from torch.utils.data import DataLoader
 
-from zarr_torch import ReadError, ZarrFrameDataset, process, read
+from zarr_torch import ChunkAwareSampler, ReadError, ZarrFrameDataset, process, read
 from zarr_torch.cache import ChunkCache
 from zarr_torch.synth import write_store, write_stores
 
@@ -233,3 +235,52 @@ def test_workers_share_the_cores(tmp_path):
     assert seen == {(share, share)}
     pinned = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, transform=torch_threads, threads=3)
     assert {tuple(t.tolist()) for b in DataLoader(pinned, batch_size=2, num_workers=2) for t in b} == {(3, 3)}
+
+
+class CountingCodec(numcodecs.abc.Codec):
+    """A registered codec (stored bytes as they are) that records how many decodes overlap."""
+
+    codec_id = "zarr_torch_test_counting"
+    lock = threading.Lock()
+    active = peak = 0
+
+    def encode(self, buf):
+        return bytes(memoryview(buf).cast("B"))
+
+    def decode(self, buf, out=None):
+        cls = type(self)
+        with cls.lock:
+            cls.active += 1
+            cls.peak = max(cls.peak, cls.active)
+        time.sleep(0.002)  # long enough for decodes on other threads to overlap
+        with cls.lock:
+            cls.active -= 1
+        return numcodecs.compat.ndarray_copy(buf, out) if out is not None else bytes(buf)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_thread_budget_holds_when_threads_read_the_dataset(tmp_path, threads):
+    from torchdata.nodes import Batcher, Loader, ParallelMapper, SamplerWrapper
+
+    numcodecs.register_codec(CountingCodec)
+    values = np.arange(48 * 4 * 4, dtype="uint8").reshape(48, 4, 4)
+    arr = zarr.create_array(
+        str(tmp_path / "c.zarr"),
+        shape=values.shape,
+        chunks=(1, 4, 4),
+        dtype="uint8",
+        zarr_format=2,
+        compressors=CountingCodec(),
+    )
+    arr[...] = values
+    ds = ZarrFrameDataset(str(tmp_path / "c.zarr"), threads=threads)
+    CountingCodec.peak = 0
+    node = ParallelMapper(
+        Batcher(SamplerWrapper(ChunkAwareSampler(ds, shuffle=False)), batch_size=4),
+        map_fn=ds.__getitems__,
+        num_workers=4,
+        method="thread",
+    )
+    frames = [f for batch in Loader(node) for f in batch]
+    np.testing.assert_array_equal(torch.stack(frames).numpy(), values)
+    assert CountingCodec.peak == threads if threads == 1 else 1 < CountingCodec.peak <= threads
