@@ -26,6 +26,7 @@ bench: venv
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,datachain,lightning,accelerate,bench]'
 	$(VENV)/bin/zarr-torch bench throughput
 	$(VENV)/bin/zarr-torch bench index
+	$(VENV)/bin/zarr-torch bench loaders --write
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

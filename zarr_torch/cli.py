@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--storage-options", help="fsspec options as JSON")
     synth.set_defaults(func=cmd_synth)
     bench = sub.add_parser("bench", help="run a benchmark suite (results in benchmarks/)")
-    bench.add_argument("suite", choices=["throughput", "index"])
+    bench.add_argument("suite", choices=["throughput", "index", "loaders"])
     bench.add_argument("options", nargs=argparse.REMAINDER, help="passed to the suite")
     bench.set_defaults(func=cmd_bench)
     return parser
