@@ -141,6 +141,7 @@ class ZarrFrameDataset(Dataset):
         keys = list(self.indexes)
         reads = process.run(self._read_all(idx))
         samples = []
+        started = time.perf_counter()
         for k, i in enumerate(idx.tolist()):
             parts = {key: read[k] for key, read in zip(keys, reads, strict=True)}
             failed = [key for key, part in parts.items() if isinstance(part, BaseException)]
@@ -150,7 +151,8 @@ class ZarrFrameDataset(Dataset):
                     raise err from parts[failed[0]]
                 self.skips.record(err)
                 continue
-            samples.append(self._sample(parts))
+            samples.append(self._apply_transform(parts))
+        process.process_state().stats.add(transform_s=time.perf_counter() - started)
         return samples
 
     async def _read_all(self, idx: np.ndarray) -> list[list[Any]]:
@@ -246,12 +248,6 @@ class ZarrFrameDataset(Dataset):
         if bad.any():
             raise IndexError(f"index {int(idx[bad][0])} is out of range for a dataset of {len(self)} frames")
         return idx
-
-    def _sample(self, parts: dict[str | None, np.ndarray]) -> Any:
-        started = time.perf_counter()
-        sample = self._apply_transform(parts)
-        process.process_state().stats.add(transform_s=time.perf_counter() - started)
-        return sample
 
     def _apply_transform(self, parts: dict[str | None, np.ndarray]) -> Any:
         if None in parts:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import google_crc32c
@@ -66,9 +66,9 @@ class _Zstd:
         data = self._context().decompress(buf)
         if out is None:
             return data
-        if len(data) != out.nbytes:
-            raise ValueError(f"a zstd frame holds {len(data)} bytes, but its chunk needs {out.nbytes}")
-        np.copyto(out.reshape(-1).view(np.uint8), np.frombuffer(data, dtype=np.uint8))
+        if len(data) != len(out):
+            raise ValueError(f"a zstd frame holds {len(data)} bytes, but its chunk needs {len(out)}")
+        out[:] = np.frombuffer(data, dtype=np.uint8)
         return out
 
 
@@ -99,36 +99,38 @@ def _value(x: Any) -> Any:
 
 @dataclass(frozen=True)
 class DirectDecoder:
-    """Decodes one chunk with numcodecs: ``steps`` in order, then a view as ``stored``.
+    """Decodes one chunk with numcodecs-like steps in order, then a view as ``stored``.
 
-    ``into`` says whether :meth:`decode` can write straight into a caller's array of the
-    chunk's shape and native dtype (one compressor or none, C order, native bytes).
+    ``into`` says whether :meth:`decode` can write straight into the caller's bytes of
+    the chunk (one compressor or none, C order, native byte order).
     """
 
     steps: tuple[Any, ...]
     stored: np.dtype
     shape: tuple[int, ...]
     order: str = "C"
+    into: bool = field(init=False)
 
-    @property
-    def into(self) -> bool:
-        return (
+    def __post_init__(self) -> None:
+        into = (
             self.order == "C"
             and self.stored.isnative
             and all(isinstance(s, _Crc32c) for s in self.steps[:-1])
         )
+        object.__setattr__(self, "into", into)
 
     def decode(self, raw: Any, out: np.ndarray | None = None) -> np.ndarray:
-        """The chunk of ``raw`` bytes; written into ``out`` (and returned) when given and
-        :attr:`into` allows, else a new (possibly read-only) array."""
+        """The chunk of ``raw`` bytes; with ``out`` (the chunk's bytes in the batch, a flat
+        uint8 array; needs :attr:`into`) written there and returned, else a new (possibly
+        read-only) array of the chunk's shape."""
         buf = raw
         for step in self.steps[:-1]:
             buf = step.decode(buf)
         last = self.steps[-1] if self.steps else None
-        if out is not None and self.into:
+        if out is not None:
             if last is None or isinstance(last, _Crc32c):
                 data = buf if last is None else last.decode(buf)
-                out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+                out[:] = np.frombuffer(data, dtype=np.uint8)
             else:
                 last.decode(buf, out=out)
             return out

@@ -30,7 +30,6 @@ from zarr_torch.read.plan import Task, one_frame_chunks, plan
 from zarr_torch.storage import MissingChunkError, read_options
 from zarr_torch.stores import Options, open_array, options_key
 
-
 #: chunks smaller than this (decoded) are read and decoded on one thread per batch.
 PARALLEL_CHUNK_BYTES = 64 * 2**10
 
@@ -209,6 +208,8 @@ class _Decode:
         self.strict = strict
         self.into = layout.decoder is not None and layout.decoder.into and one_frame_chunks(layout, span)
         self.chunk_bytes = int(np.prod(layout.chunk)) * layout.dtype.itemsize
+        #: each item's bytes, where one-frame chunks decode to
+        self.flat = batch.reshape(len(batch), -1).view(np.uint8) if self.into else None
 
     def part(self, i: int, data: Any) -> bool:
         """Decode chunk ``data`` of task ``i`` into the batch (and the cache); True when it
@@ -216,9 +217,9 @@ class _Decode:
         layout, task = self.layout, self.tasks[i]
         assert layout.decoder is not None
         if self.into:  # straight into the first item that shows it, then copied to any other
-            first = int(task.positions[0])
-            layout.decoder.decode(data, out=self.batch[first])
-            for p in task.positions[1:].tolist():
+            first = task.positions[0]
+            layout.decoder.decode(data, out=self.flat[first])
+            for p in task.positions[1:]:
                 self.batch[p] = self.batch[first]
             return True
         self.place(i, layout.decoder.decode(data))

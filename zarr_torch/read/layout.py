@@ -11,6 +11,7 @@ store is (a local folder is read with plain file reads), and how to decode.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -50,10 +51,10 @@ class Layout:
     index_size: int = 0
     index_at_start: bool = False
 
-    @property
-    def grid(self) -> tuple[int, ...]:
-        """Chunks along each axis."""
-        return tuple(-(-n // c) for n, c in zip(self.shape, self.chunk, strict=True))
+    @functools.cached_property
+    def read_bound(self) -> int:
+        """Bytes to ask for when reading a whole chunk: more than a compressed chunk holds."""
+        return int(np.prod(self.chunk)) * self.dtype.itemsize + 2**16
 
     @property
     def chunks_per_shard(self) -> tuple[int, ...]:

@@ -10,6 +10,7 @@ one :class:`Task`, listed once however many items need it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -40,25 +41,25 @@ def plan(layout: Layout, positions: np.ndarray, starts: np.ndarray, span: int) -
     """The tasks that fill batch items ``positions`` with rows ``starts[k] : starts[k] + span``."""
     c0 = layout.chunk[0]
     first, last = starts // c0, (starts + span - 1) // c0
-    count = last - first + 1
-    item = np.repeat(np.arange(len(starts)), count)
-    lead = np.repeat(first, count) + (np.arange(len(item)) - np.repeat(np.cumsum(count) - count, count))
+    if span == 1 or (first == last).all():  # each item inside one chunk row
+        item, lead = np.arange(len(starts)), first
+    else:
+        count = last - first + 1
+        item = np.repeat(np.arange(len(starts)), count)
+        lead = np.repeat(first, count) + (np.arange(len(item)) - np.repeat(np.cumsum(count) - count, count))
+    # Pieces sorted by chunk row, as flat columns; each chunk row is one slice of them.
+    order = np.argsort(lead, kind="stable")
+    item, lead = item[order], lead[order]
     lo = np.maximum(starts[item], lead * c0)
     hi = np.minimum(starts[item] + span, (lead + 1) * c0)
-    order = np.argsort(lead, kind="stable")
-    leads, bounds = np.unique(lead[order], return_index=True)
-    tiles = list(_tiles(layout))
+    pos, src, dst, rows = positions[item], lo - lead * c0, lo - starts[item], hi - lo
+    edges = [0, *(np.flatnonzero(lead[1:] != lead[:-1]) + 1).tolist(), len(lead)]
+    tiles = tiles_of(layout)
     tasks = []
-    for c, group in zip(leads.tolist(), np.split(order, bounds[1:]), strict=True):
-        k = item[group]
-        piece = {
-            "positions": positions[k],
-            "src": lo[group] - c * c0,
-            "dst": lo[group] - starts[k],
-            "rows": hi[group] - lo[group],
-        }
+    for a, b in itertools.pairwise(edges):
+        c = int(lead[a])
         for coords, region, src_region in tiles:
-            tasks.append(Task((c, *coords), region=region, src_region=src_region, **piece))
+            tasks.append(Task((c, *coords), pos[a:b], src[a:b], dst[a:b], rows[a:b], region, src_region))
     return tasks
 
 
@@ -67,12 +68,19 @@ def one_frame_chunks(layout: Layout, span: int) -> bool:
     return span == 1 and layout.chunk[0] == 1 and layout.chunk[1:] == layout.shape[1:]
 
 
-def _tiles(layout: Layout):
-    """(grid coordinates, batch region, chunk region) of every tile of a frame."""
+@functools.cache
+def _tiles(shape: tuple[int, ...], chunk: tuple[int, ...]) -> tuple:
     axes = []
-    for n, c in zip(layout.shape[1:], layout.chunk[1:], strict=True):
+    for n, c in zip(shape, chunk, strict=True):
         axes.append(
             [(i, slice(i * c, min(n, (i + 1) * c)), slice(0, min(c, n - i * c))) for i in range(-(-n // c))]
         )
-    for combo in itertools.product(*axes):
-        yield tuple(t[0] for t in combo), tuple(t[1] for t in combo), tuple(t[2] for t in combo)
+    return tuple(
+        (tuple(t[0] for t in combo), tuple(t[1] for t in combo), tuple(t[2] for t in combo))
+        for combo in itertools.product(*axes)
+    )
+
+
+def tiles_of(layout: Layout) -> tuple:
+    """(grid coordinates, batch region, chunk region) of every tile of a frame."""
+    return _tiles(layout.shape[1:], layout.chunk[1:])
