@@ -6,6 +6,8 @@ batches of 64, and every frame it returns is checked against the written frames:
 
 - per-item zarr: one open array per store, ``arr[i]`` per item
 - tensorstore: one read per item, the batch's reads in flight together
+- zarr with the zarrs Rust codec pipeline: one orthogonal selection per array and batch
+  (the compiled engine zarr_torch could hand its reads to)
 - annbatch 0.3.1, with the zarrs Rust codec pipeline and without (a Python 3.12 venv of
   its own, see ``peers.py``), random frames in batches of 64
 - numpy memmap of the same frames: no decode, the I/O limit
@@ -90,6 +92,24 @@ def per_item_zarr(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Fra
         s.uri: zarr.open_array(make_store(s.uri, options), path=ARRAY, mode="r") for s in ds.index.stores
     }
     return [arrays[u][t] for u, t in locate(ds, order)]
+
+
+def zarrs_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Frames:
+    """zarr with the zarrs Rust codec pipeline: each batch's frames of one array in one
+    orthogonal selection, which zarrs fetches and decodes in parallel in Rust."""
+    with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
+        arrays = [zarr.open_array(make_store(s.uri, options), path=ARRAY, mode="r") for s in ds.index.stores]
+        out: Frames = []
+        for batch in batches(order):
+            rows = ds.index.rows[batch]
+            got = np.empty((len(batch), *arrays[0].shape[1:]), dtype=arrays[0].dtype)
+            for a in np.unique(rows["array"]):
+                members = np.flatnonzero(rows["array"] == a)
+                frames = rows["start"][members]
+                ranks = np.argsort(frames)
+                got[members[ranks]] = arrays[int(a)].get_orthogonal_selection((frames[ranks],))
+            out.append(got)
+    return out
 
 
 def tensorstore_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Frames:
@@ -242,6 +262,7 @@ def bench_layout(
     readers: dict[str, tuple[Callable[[], Any], np.ndarray]] = {
         "per-item zarr": (lambda: per_item_zarr(ds, order, options), order),
         "tensorstore": (lambda: tensorstore_reads(ds, order, options), order),
+        "zarr + zarrs codec pipeline": (lambda: zarrs_reads(ds, order, options), order),
         "zarr_torch": (lambda: zarr_torch_batched(ds, order, options), order),
     }
     if name == "chunk16":
