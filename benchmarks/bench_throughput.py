@@ -1,8 +1,8 @@
 """Loader throughput against its peers, side by side in one run: frames per second.
 
 Fixtures are written with ``zarr_torch.synth`` (224x224 RGB frames). Every reader reads
-every frame of a layout (locally the better of two runs counts) in one random order, in
-batches of 64, and every frame it returns is checked against the written frames:
+every frame of a layout (the better of two runs counts) in one random order, in batches
+of 64, and every frame it returns is checked against the written frames:
 
 - per-item zarr: one open array per store, ``arr[i]`` per item
 - tensorstore: one read per item, the batch's reads in flight together
@@ -141,7 +141,7 @@ def tensorstore_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) ->
 
 
 def zarr_torch_batched(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Frames:
-    return [torch.stack(ds.__getitems__(batch.tolist())).numpy() for batch in batches(order)]
+    return [frame.numpy() for batch in batches(order) for frame in ds.__getitems__(batch.tolist())]
 
 
 def memmap_reads(frames: np.memmap, order: np.ndarray) -> Frames:
@@ -287,8 +287,8 @@ def bench_layout(
     for peer, (fn, read_order) in tqdm(list(readers.items()), desc=f"{'local' if local else 's3'} {name}"):
         process.process_state().stats = type(process.process_state().stats)()
         try:
-            # Locally, the best of two runs: the first also pays one-off costs (threads, caches).
-            runs = [cold_fps(fn) for _ in range(2 if local else 1)]
+            # The better of two runs: the first also pays one-off costs (threads, opening arrays).
+            runs = [cold_fps(fn) for _ in range(2)]
             check(runs[-1][1], reference[read_order], peer)
             out[peer] = max(fps for fps, _ in runs)
         except Exception as exc:  # a reader that cannot read this layout: recorded, not fatal

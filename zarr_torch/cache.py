@@ -40,8 +40,8 @@ class ReadStats:
     bytes_returned: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
+    #: seconds reading and decoding (told apart only by a profile: they run interleaved)
     fetch_s: float = 0.0
-    decode_s: float = 0.0
     transform_s: float = 0.0
 
     def add(self, **counts: float) -> None:

@@ -202,9 +202,10 @@ class ZarrFrameDataset(Dataset):
         state.configured = wanted
 
     def stats(self) -> dict[str, float]:
-        """What this process has read: chunks and bytes fetched, bytes decoded, read
-        amplification (decoded / returned bytes), cache hit rate and size, and seconds
-        spent fetching, decoding and transforming.
+        """What this process has read: chunks, byte ranges and shard indexes fetched,
+        chunks decoded by zarr_torch (straight into the batch or not) or by zarr, bytes
+        fetched and decoded, read amplification (decoded / returned bytes), cache hit rate
+        and size, and seconds spent reading and decoding, and transforming.
 
             ds.stats()["read_amplification"]  # 1.0: nothing decoded was thrown away
         """

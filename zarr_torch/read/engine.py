@@ -27,7 +27,7 @@ from zarr_torch.read.decode import decode_with_zarr
 from zarr_torch.read.fetch import ABSENT, Unit, plan_fetch, read_local, read_remote
 from zarr_torch.read.layout import Layout, layout_of
 from zarr_torch.read.plan import Task, one_frame_chunks, plan
-from zarr_torch.storage import MissingChunkError, read_options
+from zarr_torch.storage import MissingChunkError, RetryPolicy, read_options
 from zarr_torch.stores import Options, open_array, options_key
 
 #: chunks smaller than this (decoded) are read and decoded on one thread per batch.
@@ -41,7 +41,7 @@ async def read_items(
     length: int = 0,
     *,
     strict: bool = False,
-    retry: Any = None,
+    retry: RetryPolicy | None = None,
 ) -> list[np.ndarray | BaseException]:
     """Item ``starts[k]`` (or the window of ``length`` rows there) of array
     ``specs[array_ids[k]]`` for every ``k``, in order; a failed item's place holds its
@@ -62,7 +62,7 @@ async def read_items(
                 continue
             uri, path, options = specs[int(a)]
             layouts.append(layout_of((uri, path, options_key(options)), arr))
-        batches = _allocate(layouts, members, len(starts), length)
+        batches = _allocate(layouts, len(starts), length)
         reads = [
             _ArrayRead(layout, m, starts[m], span, batch if length else batch[:, None], strict)
             for layout, m, batch in zip(layouts, members, batches, strict=True)
@@ -87,9 +87,7 @@ async def read_items(
     return out
 
 
-def _allocate(
-    layouts: list[Layout | None], members: list[np.ndarray], n: int, length: int
-) -> list[np.ndarray | None]:
+def _allocate(layouts: list[Layout | None], n: int, length: int) -> list[np.ndarray | None]:
     """One batch array for all arrays of one item shape and dtype (a batch each otherwise)."""
     shapes: dict[tuple, np.ndarray] = {}
     batches: list[np.ndarray | None] = []
