@@ -140,6 +140,8 @@ class ZarrFrameDataset(Dataset):
         self._configure_process()
         keys = list(self.indexes)
         reads = process.run(self._read_all(idx))
+        if len(reads) == 1 and self.transform is None and (whole := _one_batch(reads[0])) is not None:
+            return list(torch.from_numpy(whole).unbind(0))  # every frame read: tensors over the batch
         samples = []
         started = time.perf_counter()
         for k, i in enumerate(idx.tolist()):
@@ -261,6 +263,15 @@ class ZarrFrameDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"ZarrFrameDataset({self.index!r}, transform={self.transform!r})"
+
+
+def _one_batch(frames: list[Any]) -> np.ndarray | None:
+    """The batch array whose items ``frames`` are, in order; None if they are not exactly that
+    (a failed item, windows with repeated edge frames)."""
+    base = frames[0].base if frames and isinstance(frames[0], np.ndarray) else None
+    if base is None or len(base) != len(frames) or not base.flags.c_contiguous:
+        return None
+    return base if all(isinstance(f, np.ndarray) and f.base is base for f in frames) else None
 
 
 def _tensor(frame: np.ndarray) -> torch.Tensor:
