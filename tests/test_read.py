@@ -284,3 +284,16 @@ def test_the_thread_budget_holds_when_threads_read_the_dataset(tmp_path, threads
     frames = [f for batch in Loader(node) for f in batch]
     np.testing.assert_array_equal(torch.stack(frames).numpy(), values)
     assert CountingCodec.peak == threads if threads == 1 else 1 < CountingCodec.peak <= threads
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+@pytest.mark.parametrize("codec", ["blosc", "zstd", "gzip"])
+def test_a_chunk_cut_short_by_one_byte_is_an_error_never_wrong_pixels(tmp_path, fmt, codec):
+    uri = write_store(str(tmp_path / "ep.zarr"), 0, [8], size=SIZE, chunk=2, codec=codec, zarr_format=fmt)
+    folder = tmp_path / "ep.zarr" / "data" / "camera0_rgb"
+    chunk = folder / "0.0.0.0" if fmt == 2 else folder / "c" / "0" / "0" / "0" / "0"  # frames 0 and 1
+    chunk.write_bytes(chunk.read_bytes()[:-1])
+    ds = ZarrFrameDataset(uri, array=ARRAY)
+    np.testing.assert_array_equal(ds[5].numpy(), reference(1, 8)[5])
+    with pytest.raises(ReadError, match=r"sample 1: array 'data/camera0_rgb' in store .*ep\.zarr.*index 1"):
+        ds.__getitems__([5, 1])

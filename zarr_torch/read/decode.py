@@ -72,6 +72,24 @@ class _Zstd:
         return out
 
 
+class _Blosc:
+    """Blosc, checking the compressed size its header states against the bytes there are:
+    blosc itself decodes a chunk cut short by a few bytes into wrong pixels."""
+
+    _codec = numcodecs.Blosc()
+
+    def decode(self, buf: Any, out: Any = None) -> Any:
+        view = memoryview(buf).cast("B")
+        if len(view) < 16:
+            raise ValueError(f"a blosc chunk of {len(view)} bytes cannot hold its 16-byte header")
+        (stated,) = struct.unpack_from("<I", view, 12)
+        if stated != len(view):
+            raise ValueError(
+                f"a blosc chunk holds {len(view)} bytes, but its header says {stated}: truncated"
+            )
+        return self._codec.decode(view, out=out)
+
+
 def _numcodecs_equivalent(codec: Codec) -> Any | None:
     """The numcodecs codec that decodes what the zarr v3 bytes-to-bytes ``codec`` encoded."""
     spec = codec.to_dict()
@@ -79,7 +97,7 @@ def _numcodecs_equivalent(codec: Codec) -> Any | None:
     if name == "zstd":
         return _Zstd()
     if name == "blosc":
-        return numcodecs.Blosc()  # the frame header says how it was compressed
+        return _Blosc()  # the frame header says how it was compressed
     if name == "gzip":
         return numcodecs.GZip(level=config.get("level", 5))
     if name == "crc32c":
@@ -156,7 +174,8 @@ def direct_decoder(meta: Any, codecs: Sequence[Codec] | None, shape: tuple[int, 
         if dtype.kind in UNDECODED_KINDS:
             return None
         chain = [meta.compressor, *reversed(meta.filters or ())]
-        steps = [_Zstd() if isinstance(c, numcodecs.Zstd) else c for c in chain if c is not None]
+        own = {numcodecs.Zstd: _Zstd, numcodecs.Blosc: _Blosc}
+        steps = [own[type(c)]() if type(c) in own else c for c in chain if c is not None]
         return DirectDecoder(tuple(steps), dtype, shape, meta.order)
     dtype = np.dtype(meta.data_type.to_native_dtype())
     if dtype.kind in UNDECODED_KINDS or not codecs or type(codecs[0]).__name__ != "BytesCodec":
