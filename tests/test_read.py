@@ -297,3 +297,30 @@ def test_a_chunk_cut_short_by_one_byte_is_an_error_never_wrong_pixels(tmp_path, 
     np.testing.assert_array_equal(ds[5].numpy(), reference(1, 8)[5])
     with pytest.raises(ReadError, match=r"sample 1: array 'data/camera0_rgb' in store .*ep\.zarr.*index 1"):
         ds.__getitems__([5, 1])
+
+
+def test_a_store_deleted_under_a_running_dataset_is_an_error_not_black_frames(tmp_path):
+    import shutil
+
+    write_stores(str(tmp_path / "s"), stores=2, frames=8, size=SIZE, chunk=1)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
+    np.testing.assert_array_equal(np.stack(ds.__getitems__([1, 9])), reference(2, 8)[[1, 9]])
+    shutil.rmtree(tmp_path / "s" / "episode_00001.zarr")
+    np.testing.assert_array_equal(ds[2].numpy(), reference(2, 8)[2])
+    with pytest.raises(ReadError, match=r"sample 10: .*episode_00001\.zarr.*metadata .* is gone") as err:
+        ds.__getitems__([2, 10])
+    assert isinstance(err.value.__cause__, FileNotFoundError)
+
+
+def test_a_store_deleted_from_s3_under_a_running_dataset_is_an_error(s3_bucket, s3_options):
+    import s3fs
+
+    uris = write_stores(
+        f"{s3_bucket}/eps", stores=2, frames=6, size=SIZE, chunk=2, storage_options=s3_options
+    )
+    ds = ZarrFrameDataset(uris, array=ARRAY, storage_options=s3_options)
+    np.testing.assert_array_equal(ds[7].numpy(), reference(2, 6)[7])
+    s3fs.S3FileSystem(skip_instance_cache=True, **s3_options).rm(uris[1], recursive=True)
+    with pytest.raises(ReadError, match=r"sample 10: .*episode_00001\.zarr.*metadata .* is gone"):
+        ds[10]  # a chunk not read before (frame 7's stays cached: the right pixels)
+    np.testing.assert_array_equal(ds[1].numpy(), reference(2, 6)[1])

@@ -72,6 +72,7 @@ async def read_items(
         started = time.perf_counter()
         local = [r for r in reads if r.local]
         await asyncio.gather(_run_local(local), *(r.run_remote() for r in reads if not r.local))
+        await asyncio.gather(*(r.check_absent() for r in reads))
         process_state().stats.add(fetch_s=time.perf_counter() - started)
         errors = [r.finish() for r in reads]
     for layout, m, batch in zip(layouts, members, batches, strict=True):
@@ -149,6 +150,18 @@ class _ArrayRead:
     async def run_remote(self) -> None:
         if self.units:
             self.settled.update(await self.job.remote(self.units))
+
+    async def check_absent(self) -> None:
+        """Absent chunks read as the fill value only while the array itself is there: a
+        store deleted or moved under a running dataset is an error, not black frames."""
+        absent = [i for i, outcome in self.settled.items() if outcome is ABSENT]
+        if not absent:
+            return
+        name = "zarr.json" if self.layout.meta.zarr_format == 3 else ".zarray"
+        key = f"{self.layout.path}/{name}" if self.layout.path else name
+        if not await self.layout.store.exists(key):
+            gone = FileNotFoundError(f"the array's metadata {key!r} is gone: its store was deleted or moved")
+            self.settled.update(dict.fromkeys(absent, gone))
 
     def finish(self) -> dict[int, BaseException]:
         """Fill absent chunks with the fill value; return the failed positions."""
