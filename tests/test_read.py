@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from zarr_torch import ChunkAwareSampler, ReadError, ZarrFrameDataset, process, read
 from zarr_torch.cache import ChunkCache
-from zarr_torch.synth import write_store, write_stores
+from zarr_torch.synth import make_frames, write_store, write_stores
 
 ARRAY = "data/camera0_rgb"
 
@@ -324,3 +324,12 @@ def test_a_store_deleted_from_s3_under_a_running_dataset_is_an_error(s3_bucket, 
     with pytest.raises(ReadError, match=r"sample 10: .*episode_00001\.zarr.*metadata .* is gone"):
         ds[10]  # a chunk not read before (frame 7's stays cached: the right pixels)
     np.testing.assert_array_equal(ds[1].numpy(), reference(2, 6)[1])
+
+
+def test_a_store_rewritten_with_another_chunking_never_gets_old_cached_chunks(tmp_path):
+    uri = write_store(str(tmp_path / "ep.zarr"), 0, [16], size=SIZE, chunk=8)
+    ds = ZarrFrameDataset(uri, array=ARRAY)
+    np.testing.assert_array_equal(ds[3].numpy(), reference(1, 16)[3])  # chunk 0 now cached
+    write_store(uri, 1, [16], size=SIZE, chunk=4, overwrite=True)  # other frames, other chunks
+    ds.index.validate()  # reads the metadata afresh
+    np.testing.assert_array_equal(ds[3].numpy(), make_frames(1, 16, SIZE)[3])

@@ -82,11 +82,13 @@ class _Blosc:
         view = memoryview(buf).cast("B")
         if len(view) < 16:
             raise ValueError(f"a blosc chunk of {len(view)} bytes cannot hold its 16-byte header")
-        (stated,) = struct.unpack_from("<I", view, 12)
+        plain, _, stated = struct.unpack_from("<III", view, 4)
         if stated != len(view):
             raise ValueError(
                 f"a blosc chunk holds {len(view)} bytes, but its header says {stated}: truncated"
             )
+        if out is not None and plain != len(out):
+            raise ValueError(f"a blosc chunk decodes to {plain} bytes, but its chunk needs {len(out)}")
         return self._codec.decode(view, out=out)
 
 

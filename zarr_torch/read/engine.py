@@ -138,7 +138,7 @@ class _ArrayRead:
         keep = layout.cached(self.span)
         todo = []
         for i, task in enumerate(self.tasks):
-            hit = state.cache.get((layout.key, task.coords)) if keep else None
+            hit = state.cache.get((layout.name, task.coords)) if keep else None
             if hit is None:
                 todo.append(i)
             else:
@@ -240,7 +240,7 @@ class _Decode:
         """Copy a decoded chunk of task ``i`` into the batch; keep it if worth it."""
         scatter(self.batch, self.tasks[i], chunk, self.span)
         if self.keep:
-            process_state().cache.put((self.layout.key, self.tasks[i].coords), np.asarray(chunk))
+            process_state().cache.put((self.layout.name, self.tasks[i].coords), np.asarray(chunk))
 
     def unit(self, unit: Unit, raw: bytes | None, counts: Counter) -> dict[int, BaseException | None]:
         """Decode every chunk of a fetched unit, counting into ``counts``; return the tasks

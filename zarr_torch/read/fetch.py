@@ -111,7 +111,7 @@ async def shard_index(layout: Layout, shard: tuple[int, ...], key: str) -> np.nd
     Read once per process and kept in its shard-index cache.
     """
     state = process_state()
-    cache_key = (layout.key, shard)
+    cache_key = (layout.name, shard)
     index = state.shard_indexes.get(cache_key)
     if index is not None:
         return index

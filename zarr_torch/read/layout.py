@@ -52,6 +52,13 @@ class Layout:
     index_at_start: bool = False
 
     @functools.cached_property
+    def name(self) -> Hashable:
+        """What this array's cached chunks and shard indexes are kept under: the array and
+        the metadata they were decoded with, so a store rewritten with another shape,
+        chunking or dtype never gets chunks decoded for the old one."""
+        return self.key, self.shape, self.chunk, self.shard, self.dtype.str
+
+    @functools.cached_property
     def read_bound(self) -> int:
         """Bytes to ask for when reading a whole chunk: more than a compressed chunk holds."""
         return int(np.prod(self.chunk)) * self.dtype.itemsize + 2**16
