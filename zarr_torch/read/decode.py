@@ -92,14 +92,16 @@ class _Blosc:
         return self._codec.decode(view, out=out)
 
 
+#: compressors zarr_torch decodes itself rather than with numcodecs, by codec name.
+OWN_DECODERS = {"zstd": _Zstd, "blosc": _Blosc}
+
+
 def _numcodecs_equivalent(codec: Codec) -> Any | None:
     """The numcodecs codec that decodes what the zarr v3 bytes-to-bytes ``codec`` encoded."""
     spec = codec.to_dict()
     name, config = spec["name"], dict(spec.get("configuration") or {})
-    if name == "zstd":
-        return _Zstd()
-    if name == "blosc":
-        return _Blosc()  # the frame header says how it was compressed
+    if name in OWN_DECODERS:
+        return OWN_DECODERS[name]()  # a blosc header says how its chunk was compressed
     if name == "gzip":
         return numcodecs.GZip(level=config.get("level", 5))
     if name == "crc32c":
@@ -176,8 +178,7 @@ def direct_decoder(meta: Any, codecs: Sequence[Codec] | None, shape: tuple[int, 
         if dtype.kind in UNDECODED_KINDS:
             return None
         chain = [meta.compressor, *reversed(meta.filters or ())]
-        own = {numcodecs.Zstd: _Zstd, numcodecs.Blosc: _Blosc}
-        steps = [own[type(c)]() if type(c) in own else c for c in chain if c is not None]
+        steps = [OWN_DECODERS[c.codec_id]() if c.codec_id in OWN_DECODERS else c for c in chain if c]
         return DirectDecoder(tuple(steps), dtype, shape, meta.order)
     dtype = np.dtype(meta.data_type.to_native_dtype())
     if dtype.kind in UNDECODED_KINDS or not codecs or type(codecs[0]).__name__ != "BytesCodec":
