@@ -24,10 +24,10 @@ import numpy as np
 from zarr_torch.process import process_state
 from zarr_torch.read.assemble import fill, scatter
 from zarr_torch.read.decode import decode_with_zarr
-from zarr_torch.read.fetch import ABSENT, Unit, plan_fetch, read_local, read_remote
+from zarr_torch.read.fetch import ABSENT, Unit, absent, plan_fetch, read_local, read_remote
 from zarr_torch.read.layout import Layout, layout_of
 from zarr_torch.read.plan import Task, one_frame_chunks, plan
-from zarr_torch.storage import MissingChunkError, RetryPolicy, read_options
+from zarr_torch.storage import RetryPolicy, read_options
 from zarr_torch.stores import Options, open_array, options_key
 
 #: chunks smaller than this (decoded) are read and decoded on one thread per batch.
@@ -266,9 +266,7 @@ class _Decode:
 
     def absent(self, unit: Unit) -> dict[int, BaseException | None]:
         """The tasks of a unit whose object is absent: the fill value, or an error if strict."""
-        if self.strict:
-            return {i: MissingChunkError(f"chunk {unit.key!r} is missing") for i, _, _ in unit.parts}
-        return dict.fromkeys((i for i, _, _ in unit.parts), ABSENT)
+        return {i: absent(f"chunk {unit.key!r}", self.strict) for i, _, _ in unit.parts}
 
     async def remote(self, units: list[Unit]) -> dict[int, BaseException | None]:
         """Fetch every unit concurrently; decode each on the decode threads as it arrives

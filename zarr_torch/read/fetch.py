@@ -73,21 +73,22 @@ async def plan_fetch(
             settled.update(dict.fromkeys(members, exc))
             continue
         if index is None:
-            settled.update(dict.fromkeys(members, _absent(f"shard {key!r}", strict)))
+            settled.update(dict.fromkeys(members, absent(f"shard {key!r}", strict)))
             continue
         spans = []
         for i in members:
             inner = np.ravel_multi_index(tuple(np.array(tasks[i].coords) % per_shard), tuple(per_shard))
             offset, length = index[inner]
             if offset == EMPTY:
-                settled[i] = _absent(f"chunk {tasks[i].coords} of shard {key!r}", strict)
+                settled[i] = absent(f"chunk {tasks[i].coords} of shard {key!r}", strict)
             else:
                 spans.append((int(offset), int(length), i))
         units += _coalesce(key, sorted(spans))
     return units, settled
 
 
-def _absent(what: str, strict: bool) -> BaseException | None:
+def absent(what: str, strict: bool) -> BaseException | None:
+    """How an absent chunk settles: the fill value (:data:`ABSENT`), or an error if strict."""
     return MissingChunkError(f"{what} is missing") if strict else ABSENT
 
 
