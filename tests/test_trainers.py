@@ -53,6 +53,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def group_stacks(pgid: int) -> str:
+    """Every thread's Python stack in process group ``pgid`` (py-spy), to tell where a run hangs."""
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _pgid(p) == pgid]
+    dumps = []
+    for pid in pids:
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        dumps.append(f"== pid {pid}\n{out.stdout[-4000:]}{out.stderr[-500:]}")
+    return "\n".join(dumps)
+
+
+def _pgid(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class Run:
     """What each rank of one framework run recorded (``tests/trainers/common.py``)."""
 
@@ -102,9 +124,13 @@ def run(name: str, argv: list[str], work: Path) -> Run:
     try:
         log, _ = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
+        stacks = group_stacks(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
         log, _ = proc.communicate()
-        pytest.fail(f"{name}: no result after {TIMEOUT} s\n{log[-3000:]}")
+        seen = {
+            p.name: len(p.read_text().splitlines()) for p in sorted((work / f"{name}-seen").glob("*.jsonl"))
+        }
+        pytest.fail(f"{name}: no result after {TIMEOUT} s; records {seen}\n{log[-3000:]}\n{stacks}")
     (work / f"{name}.log").write_text(log)
     assert proc.returncode == 0, f"{name} failed (exit {proc.returncode}):\n{log[-3000:]}"
     return Run(name, work / f"{name}-seen")
