@@ -9,11 +9,10 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-_STATS_LOCK = threading.Lock()
 #: the default byte budget of each process's decoded-chunk cache.
 CACHE_BYTES = 256 * 2**20
 
@@ -43,16 +42,19 @@ class ReadStats:
     #: seconds reading and decoding (told apart only by a profile: they run interleaved)
     fetch_s: float = 0.0
     transform_s: float = 0.0
+    #: the counters' own lock, made with them: a forked child, which gets new stats, never
+    #: inherits a lock some thread of its parent held at the fork.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: float) -> None:
         """Add to several counters at once (safe from the decode threads)."""
-        with _STATS_LOCK:
+        with self._lock:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
 
     def as_dict(self) -> dict[str, float]:
         """The counters, plus read amplification and cache hit rate."""
-        out: dict[str, float] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out: dict[str, float] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
         out["read_amplification"] = self.bytes_decoded / self.bytes_returned if self.bytes_returned else 0.0
         looked_up = self.cache_hits + self.cache_misses
         out["cache_hit_rate"] = self.cache_hits / looked_up if looked_up else 0.0
