@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import pickle
 import random
 import shutil
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -227,7 +229,8 @@ def _saved(local_stores: str, tmp_path) -> bytes:
         (lambda b: b"\x89PNG\r\n\x1a\n" + b[8:], r"not a zarr_torch index file"),
         (lambda b: b"", r"not a zarr_torch index file"),
         (lambda b: b[:8] + struct.pack("<I", 2) + b[12:], r"index format version 2 is not supported"),
-        (lambda b: b[:24] + b"[" + b[25:], r"corrupt index header"),
+        (lambda b: b[:24] + b"[" + b[25:], r"corrupt index header \(it does not match its checksum"),
+        (lambda b: resummed(b[:24] + b"[" + b[25:]), r"corrupt index header \(JSONDecodeError"),
     ],
     ids=[
         "truncated-rows",
@@ -238,6 +241,7 @@ def _saved(local_stores: str, tmp_path) -> bytes:
         "empty",
         "v2",
         "json",
+        "json-resummed",
     ],
 )
 def test_damaged_or_foreign_files_are_rejected(local_stores, tmp_path, damage, message):
@@ -247,15 +251,96 @@ def test_damaged_or_foreign_files_are_rejected(local_stores, tmp_path, damage, m
         SelectionIndex.load(bad)
 
 
+def resummed(data: bytes) -> bytes:
+    """``data`` with its header checksum made to match its (edited) header again."""
+    (length,) = struct.unpack("<Q", data[16:24])
+    return data[:12] + struct.pack("<I", zlib.crc32(data[24 : 24 + length])) + data[16:]
+
+
+def test_a_flipped_bit_in_a_store_name_is_caught_by_the_checksum(local_stores, tmp_path):
+    data = _saved(local_stores, tmp_path)
+    flipped = data.replace(b"episode_00000.zarr", b"episode_00001.zarr", 1)  # '0' -> '1' is one bit
+    assert sum(bin(a ^ b).count("1") for a, b in zip(data, flipped, strict=True)) == 1
+    (tmp_path / "bad.zti").write_bytes(flipped)
+    with pytest.raises(ValueError, match=r"bad.zti: corrupt index header \(it does not match its checksum\)"):
+        SelectionIndex.load(tmp_path / "bad.zti")
+
+
 def test_edited_arrays_table_is_rejected(local_stores, tmp_path):
     data = _saved(local_stores, tmp_path)
     edited = data.replace(b'"shape":[10,', b'"shape":[99,')
     assert edited != data and len(edited) == len(data)
     (tmp_path / "bad.zti").write_bytes(edited)
+    with pytest.raises(ValueError, match=r"bad.zti: corrupt index header \(it does not match its checksum\)"):
+        SelectionIndex.load(tmp_path / "bad.zti")
+    (tmp_path / "bad.zti").write_bytes(resummed(edited))  # edited with care: the fingerprints still tell
     with pytest.raises(
         ValueError, match=r"bad.zti: corrupt index header \(arrays do not match fingerprints\)"
     ):
         SelectionIndex.load(tmp_path / "bad.zti")
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "value", "message"),
+    [
+        (3, "start", -3, r"row 3 \(start -3, length 0\) is not an item of array 'data/camera0_rgb'"),
+        (29, "start", 10, r"row 29 \(start 10, length 0\) is not an item"),
+        (5, "length", 1 << 20, r"row 5 \(start 5, length 1048576\) is not an item"),
+        (12, "array", 3, r"row 12: array id 3 is not in the index's 3 arrays"),
+    ],
+    ids=["negative-start", "start-past-end", "flipped-length", "array-past-table"],
+)
+def test_rows_outside_their_array_are_rejected_on_load(local_stores, tmp_path, row, field, value, message):
+    data = bytearray(_saved(local_stores, tmp_path))
+    (header_length,) = struct.unpack("<Q", data[16:24])
+    rows = np.frombuffer(data, dtype=ROW_DTYPE, offset=rows_offset(header_length))
+    rows = rows.copy()
+    rows[field][row] = value
+    data[rows_offset(header_length) :] = rows.tobytes()
+    (tmp_path / "bad.zti").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"bad.zti: corrupt index \({message}"):
+        SelectionIndex.load(tmp_path / "bad.zti")
+
+
+def test_a_window_row_must_show_a_frame_of_its_episode(local_stores):
+    index = SelectionIndex.build(local_stores, array=ARRAY, window=4, pad_before=3)
+    rows = index.rows.copy()
+    rows["start"][0] = -4  # a window of padding only
+    with pytest.raises(ValueError, match=r"row 0 \(start -4, length 4\) is not a 4-frame window of episode"):
+        SelectionIndex(index.stores, index.arrays, rows)
+    rows = index.rows.copy()
+    rows["length"][7] = 5  # one window of another length
+    with pytest.raises(ValueError, match=r"row 7 \(start \d+, length 5\) is not a 4-frame window"):
+        SelectionIndex(index.stores, index.arrays, rows)
+
+
+def test_a_fifo_or_a_deeply_nested_header_is_a_clear_error(local_stores, tmp_path):
+    fifo = tmp_path / "pipe.zti"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"pipe.zti: not a zarr_torch index file \(not a regular file\)"):
+        SelectionIndex.load(fifo)  # would block for ever waiting for a writer
+    data = _saved(local_stores, tmp_path)
+    (length,) = struct.unpack("<Q", data[16:24])
+    body = b"[" * 100_000 + b"]" * 100_000
+    nested = data[:16] + struct.pack("<Q", len(body)) + body
+    nested += bytes(rows_offset(len(body)) - len(nested)) + data[rows_offset(length) :]
+    (tmp_path / "deep.zti").write_bytes(resummed(nested))
+    with pytest.raises(ValueError, match=r"deep.zti: corrupt index header \(RecursionError"):
+        SelectionIndex.load(tmp_path / "deep.zti")
+
+
+def test_a_crafted_file_with_credentials_in_a_uri_is_refused_without_showing_them(local_stores, tmp_path):
+    data = _saved(local_stores, tmp_path)
+    uri = built(local_stores).stores[0].uri.encode()
+    crafted = data.replace(b'"uri":"' + uri, b'"uri":"s3://AKIAEXAMPLE:s3cr3tpass@bucket/x', 1)
+    (length,) = struct.unpack("<Q", data[16:24])
+    grown = len(crafted) - len(data)
+    crafted = crafted[:16] + struct.pack("<Q", length + grown) + crafted[24 : 24 + length + grown]
+    crafted += bytes(rows_offset(length + grown) - len(crafted)) + data[rows_offset(length) :]
+    (tmp_path / "creds.zti").write_bytes(resummed(crafted))
+    with pytest.raises(ValueError, match=r"has credentials in its URI") as caught:
+        SelectionIndex.load(tmp_path / "creds.zti")
+    assert "s3cr3tpass" not in str(caught.value) and "AKIAEXAMPLE" not in str(caught.value)
 
 
 def test_rows_start_on_a_page(local_stores, tmp_path):

@@ -39,6 +39,8 @@ logger = logging.getLogger("zarr_torch")
 
 #: one row: which array, where on its leading axis, how many frames (0: one item).
 ROW_DTYPE = np.dtype([("array", "<u4"), ("start", "<i8"), ("length", "<u4")])
+#: rows are checked this many at a time (see :func:`check_rows`).
+CHECK_ROWS = 1 << 20
 #: builds over at least this many stores show a progress bar.
 PROGRESS_MIN_STORES = 32
 
@@ -79,9 +81,13 @@ class SelectionIndex:
     """
 
     def __init__(self, stores: Sequence[ZarrStore], arrays: Sequence[ArrayEntry], rows: np.ndarray):
+        """An index of these tables; ``ValueError`` naming the first row that points outside
+        them (an array id past the table, a frame outside its array or episode, a length
+        that is not its array's kind of row)."""
         self.stores = list(stores)
         self.arrays = list(arrays)
         self.rows = np.asarray(rows, dtype=ROW_DTYPE)
+        check_rows(self.arrays, self.rows)
         #: set when the rows are memory-mapped from a saved file (see ``__getstate__``).
         self._mapped: indexfile.MappedRows | None = None
 
@@ -110,7 +116,9 @@ class SelectionIndex:
         (e.g. ``"meta/episode_ends"``) names each store's array of cumulative episode
         ends. ``pad_before``/``pad_after`` let windows start before an episode's first
         frame or end after its last (the edge frame repeats), so an episode of ``L``
-        frames gives ``L - T + 1 + pad_before + pad_after`` windows at stride 1.
+        frames gives ``L - T + 1 + pad_before + pad_after`` windows at stride 1. Padding
+        is clamped to ``T - 1`` frames a side (as Diffusion Policy does); every argument
+        is an integer (``window=2.5`` is a ``ValueError``).
 
         ``source`` is a prefix (searched with :func:`read_zarr`), a store URI, or a list of
         URIs or ``ZarrStore``. Metadata is read concurrently; a missing store or array
@@ -136,7 +144,11 @@ class SelectionIndex:
 
     @classmethod
     def from_selections(cls, selections: Iterable[ZarrSelection]) -> SelectionIndex:
-        """An index of ``ZarrSelection`` records (one leading-axis int each), in their order."""
+        """An index of ``ZarrSelection`` records (one leading-axis int each), in their order.
+
+        A negative index counts from the end of its array; one out of range is a
+        ``ValueError`` naming the selection, its store and its array.
+        """
         tables = _Tables()
         ids: list[int] = []
         starts: list[int] = []
@@ -152,8 +164,12 @@ class SelectionIndex:
             array_id = tables.array_ids.get(key)
             if array_id is None:
                 array_id = tables.add_array(key, _entry(store_id, sel.array, sel.media))
+            try:
+                start = sel.array.item_position(sel.index)[0]
+            except IndexError as exc:
+                raise ValueError(f"selection {n}: {exc}") from None
             ids.append(array_id)
-            starts.append(sel.index[0])
+            starts.append(start)
         rows = np.zeros(len(ids), dtype=ROW_DTYPE)
         rows["array"] = ids
         rows["start"] = starts
@@ -320,15 +336,18 @@ class SelectionIndex:
     # -- checking -----------------------------------------------------------------------
 
     def validate(self) -> None:
-        """Open every array concurrently; raise naming the first one missing or changed."""
+        """Open every array concurrently; raise naming the first one missing or whose shape,
+        chunks or dtype changed."""
         for entry, spec, arr in zip(
             self.arrays, self.array_specs(), open_arrays(self.array_specs(), refresh=True), strict=True
         ):
-            if tuple(arr.shape) != entry.shape:
-                raise ValueError(
-                    f"array {spec[1]!r} in store {redact.redact_uri(spec[0])!r} has shape "
-                    f"{tuple(arr.shape)}, but the index expects {entry.shape}"
-                )
+            now = {"shape": tuple(arr.shape), "chunks": tuple(arr.chunks), "dtype": str(arr.dtype)}
+            for what, value in now.items():
+                if value != getattr(entry, what):
+                    raise ValueError(
+                        f"array {spec[1]!r} in store {redact.redact_uri(spec[0])!r} has {what} "
+                        f"{value}, but the index expects {getattr(entry, what)}"
+                    )
 
     def fingerprints(self) -> list[str]:
         """A digest of the path, shape, chunks and dtype of each store's indexed arrays."""
@@ -370,12 +389,7 @@ class SelectionIndex:
             index.save("frames.zti")
         """
         index = self if self._compact() else SelectionIndex.concat([self])
-        for store in index.stores:
-            if redact.redact_uri(store.uri) != store.uri:
-                raise ValueError(
-                    f"store {redact.redact_uri(store.uri)!r} has credentials in its URI, which an index "
-                    "file never holds: give them as storage_options instead"
-                )
+        refuse_credentials(index.stores)
         header = {
             "row_dtype": [list(f) for f in ROW_DTYPE.descr],
             "rows": len(index.rows),
@@ -416,10 +430,11 @@ class SelectionIndex:
                 )
                 for a in header["arrays"]
             ]
+            refuse_credentials(stores)
             index = cls(stores, arrays, rows)
             intact = index.fingerprints() == [s["fingerprint"] for s in header["stores"]]
-        except (KeyError, TypeError, IndexError, ValueError) as exc:
-            raise ValueError(f"{mapped.path}: corrupt index header ({exc!r})") from exc
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{mapped.path}: corrupt index ({exc})") from exc
         if not intact:
             raise ValueError(f"{mapped.path}: corrupt index header (arrays do not match fingerprints)")
         index._mapped = mapped
@@ -479,6 +494,51 @@ class _Tables:
             self.array_ids[key] = len(self.arrays)
             self.arrays.append(entry)
         return self.array_ids[key]
+
+
+def check_rows(arrays: Sequence[ArrayEntry], rows: np.ndarray) -> None:
+    """``ValueError`` naming the first bad row, checked for all rows at once.
+
+    An item row (of an array without an episode) has length 0 and a start inside its
+    array; a window row has the index's one window length ``T`` and shows at least one
+    frame of its episode (starts in ``(first - T, end)``).
+    """
+    table = np.array([(*e.bounds(), e.episode is not None) for e in arrays], dtype=np.int64).reshape(-1, 3)
+    window = -1  # the window length, from the first window row
+    for offset in range(0, len(rows), CHECK_ROWS):  # in blocks: bounded memory for any index
+        block = rows[offset : offset + CHECK_ROWS]
+        ids, starts, lengths = block["array"], block["start"], block["length"].astype(np.int64)
+        if int(ids.max()) >= len(arrays):
+            k = int(np.argmax(ids >= len(arrays)))
+            raise ValueError(
+                f"row {offset + k}: array id {int(ids[k])} is not in the index's {len(arrays)} arrays"
+            )
+        first, end, windowed = table[ids].T
+        if window < 0 and windowed.any():
+            window = int(lengths[np.argmax(windowed)])
+        bad = np.where(
+            windowed == 1,
+            (lengths != window) | (lengths < 1) | (starts <= first - lengths) | (starts >= end),
+            (lengths != 0) | (starts < first) | (starts >= end),
+        )
+        if bad.any():
+            k = int(np.argmax(bad))
+            e = arrays[int(ids[k])]
+            kind = f"a {window}-frame window of episode {e.episode}" if e.episode else "an item"
+            raise ValueError(
+                f"row {offset + k} (start {int(starts[k])}, length {int(lengths[k])}) is not {kind} "
+                f"of array {e.path!r} (array id {int(ids[k])}, {e.shape[0]} items)"
+            )
+
+
+def refuse_credentials(stores: Iterable[ZarrStore]) -> None:
+    """``ValueError`` for a store URI with credentials in it, which an index never holds."""
+    for store in stores:
+        if redact.redact_uri(store.uri) != store.uri:
+            raise ValueError(
+                f"store {redact.redact_uri(store.uri)!r} has credentials in its URI, which an index "
+                "never holds: give them as storage_options instead"
+            )
 
 
 def _fingerprint(metas: Iterable[Meta]) -> str:
@@ -555,6 +615,7 @@ def _window_rows(
 ) -> tuple[list[ArrayEntry], np.ndarray]:
     """One array entry per episode that has windows, and one row per window."""
     windows.check_window(window, stride, pad_before, pad_after)
+    pad_before, pad_after = windows.clamp_padding(window, pad_before, pad_after)
     spans = []
     for store, entry, store_ends in zip(stores, entries, ends, strict=True):
         try:

@@ -4,7 +4,8 @@ One file, little-endian, readable without parsing its rows::
 
     bytes 0-7     magic b"\\x89ZTI\\r\\n\\x1a\\n"
     bytes 8-11    format version (u4), now 1
-    bytes 12-15   0, reserved
+    bytes 12-15   CRC-32 of the JSON header (u4); 0 in files written before it was
+                  recorded, which are read unchecked
     bytes 16-23   length of the JSON header in bytes (u8)
     bytes 24-     the JSON header: row dtype, row count, stores (uri and metadata
                   fingerprint, never storage options), arrays table
@@ -23,7 +24,9 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import stat as stat_
 import struct
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -89,7 +92,7 @@ def write(path: PathLike, header: dict[str, Any], rows: np.ndarray) -> int:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(body)))
+            f.write(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, zlib.crc32(body), len(body)))
             f.write(body)
             f.write(bytes(offset - _PREAMBLE.size - len(body)))
             f.write(np.ascontiguousarray(rows).view(np.uint8))
@@ -103,10 +106,13 @@ def write(path: PathLike, header: dict[str, Any], rows: np.ndarray) -> int:
 def read(path: PathLike, dtype: np.dtype) -> tuple[dict[str, Any], np.ndarray, MappedRows]:
     """The JSON header and the memory-mapped rows of the index file at ``path``.
 
-    Raises ``ValueError`` naming the file when it is not an index file, was written by
-    another format version, holds rows of another layout, or is truncated.
+    Raises ``ValueError`` naming the file when it is not a regular file or not an index
+    file, was written by another format version, holds rows of another layout, is
+    truncated, or its header does not match its checksum.
     """
     name = os.fspath(path)
+    if not stat_.S_ISREG(os.stat(name).st_mode):  # a FIFO or device would block or never end
+        raise ValueError(f"{name}: not a zarr_torch index file (not a regular file)")
     with open(name, "rb") as f:
         stat = os.fstat(f.fileno())
         preamble = f.read(_PREAMBLE.size)
@@ -114,7 +120,7 @@ def read(path: PathLike, dtype: np.dtype) -> tuple[dict[str, Any], np.ndarray, M
             raise ValueError(f"{name}: not a zarr_torch index file (it does not start with the ZTI magic)")
         if len(preamble) < _PREAMBLE.size:
             raise ValueError(f"{name}: truncated index file ({stat.st_size} bytes)")
-        _, version, _, header_length = _PREAMBLE.unpack(preamble)
+        _, version, checksum, header_length = _PREAMBLE.unpack(preamble)
         if version != FORMAT_VERSION:
             raise ValueError(
                 f"{name}: index format version {version} is not supported; this zarr_torch reads "
@@ -124,12 +130,16 @@ def read(path: PathLike, dtype: np.dtype) -> tuple[dict[str, Any], np.ndarray, M
         if stat.st_size < offset:
             raise ValueError(f"{name}: truncated index file ({stat.st_size} bytes, header cut short)")
         body = f.read(header_length)
+        if checksum and zlib.crc32(body) != checksum:
+            raise ValueError(f"{name}: corrupt index header (it does not match its checksum)")
         try:
             header = json.loads(body)
             count = int(header["rows"])
             layout = np.dtype([tuple(field) for field in header["row_dtype"]])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{name}: corrupt index header ({exc})") from exc
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise ValueError(f"{name}: corrupt index header ({type(exc).__name__}: {exc})") from exc
+        if count < 0:
+            raise ValueError(f"{name}: corrupt index header ({count} rows)")
         if layout != dtype:
             raise ValueError(f"{name}: rows of layout {layout} are not supported (expected {dtype})")
         expected = offset + count * dtype.itemsize
