@@ -103,6 +103,19 @@ def test_index_entry_is_the_selection(local_stores):
     np.testing.assert_array_equal(sel.read(), ds[25].numpy())
 
 
+def test_selections_agree_everywhere_and_out_of_range_fails_at_construction(local_stores):
+    arr = read_zarr(local_stores)[1].get_array(ARRAY)
+    ds = ZarrFrameDataset([arr.select(-1), arr.select(0)])
+    expected = reference(3, 10)[[19, 10]]
+    np.testing.assert_array_equal(np.stack([ds[0].numpy(), ds[1].numpy()]), expected)
+    np.testing.assert_array_equal(ds.index[0].read(), expected[0])  # frame 9, not a fill frame
+    assert ds.index[0].index == [9]
+    bad = arr.select(0).model_copy(update={"index": [10]})  # a record from elsewhere
+    for on_error in ("raise", "skip"):
+        with pytest.raises(ValueError, match=r"selection 1: index \[10\] is out of range for array "):
+            ZarrFrameDataset([arr.select(1), bad], on_error=on_error)
+
+
 def test_pickles_to_records_only(tmp_path):
     root = str(tmp_path / "many")
     write_stores(root, stores=30, frames=100, size=4, chunk=50)

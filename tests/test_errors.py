@@ -79,6 +79,17 @@ def test_skip_drops_only_the_bad_samples(corrupt_stores, caplog):
     assert ds.skip_summary() == {}, "each summary starts a new count"
 
 
+def test_skip_one_sample_at_a_time_gives_none(corrupt_stores):
+    ds = ZarrFrameDataset(corrupt_stores, array=ARRAY, on_error="skip")
+    assert ds[5] is None
+    np.testing.assert_array_equal(ds[3].numpy(), reference(STORES, FRAMES)[3])
+    got = list(DataLoader(ds, batch_size=None, num_workers=2, timeout=60))  # samples, not batches
+    good = [i for i in range(STORES * FRAMES) if not 4 <= i < 8]
+    assert [i for i, t in enumerate(got) if t is None] == [4, 5, 6, 7]
+    np.testing.assert_array_equal(np.stack([got[i].numpy() for i in good]), reference(STORES, FRAMES)[good])
+    assert skip_collate([None, got[0], None]).shape == (1, *got[0].shape)
+
+
 def test_skip_through_workers_counts_every_process(corrupt_stores):
     ds = ZarrFrameDataset(corrupt_stores, array=ARRAY, on_error="skip")
     loader = DataLoader(

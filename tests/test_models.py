@@ -76,6 +76,20 @@ def test_select_drops_the_leading_axis(store):
     assert store.get_array(ARRAY).select([5, 1]).read().shape == (SIZE, 3)
 
 
+def test_select_counts_negative_indices_from_the_end_and_names_one_out_of_range(store):
+    arr = store.get_array(ARRAY)
+    last = arr.select(-1)
+    np.testing.assert_array_equal(last.read(), make_frames(3, 10, SIZE)[9])
+    for bad in (10, -11, [1, 2, 3, 0, 0]):
+        with pytest.raises(
+            IndexError, match=r"index \[.*\] .* array 'data/camera0_rgb' in store '.*ep.zarr'"
+        ):
+            arr.select(bad)
+    made_by_hand = ZarrSelection(array=arr, index=[10])  # records can come from anywhere
+    with pytest.raises(IndexError, match=r"index \[10\] is out of range for array 'data/camera0_rgb'"):
+        made_by_hand.read()
+
+
 @pytest.mark.parametrize(
     ("fmt", "magic"),
     [

@@ -50,6 +50,10 @@ def test_frame_positions_repeat_the_edges():
         ((4, 0), "stride must be at least 1, not 0"),
         ((4, -1), "stride must be at least 1, not -1"),
         ((4, 1, -1), "padding must not be negative"),
+        ((2.5,), "window must be an integer number of frames, not 2.5"),
+        ((4, 1.5), "stride must be an integer number of frames, not 1.5"),
+        ((4, 1, 0, 1.0), "pad_after must be an integer number of frames, not 1.0"),
+        ((True,), "window must be an integer number of frames, not True"),
     ],
 )
 def test_bad_window_arguments(args, message):
@@ -102,6 +106,26 @@ def test_padding_repeats_the_edge_frames(buffers):
     assert ds.index[0].index == [0], "a padded window's selection is its first real frame"
 
 
+def test_padding_is_clamped_to_a_window_less_one_as_diffusion_policy_does(buffers):
+    ds = ZarrFrameDataset(buffers, array=ARRAY, window=4, pad_before=100, pad_after=100)
+    assert len(ds) == 2 * (20 - 4 + 1 + 3 + 3)
+    frames = make_frames(0, 20, SIZE)
+    np.testing.assert_array_equal(ds[0].numpy(), frames[[0, 0, 0, 0]])  # 3 padding + 1 real frame
+    np.testing.assert_array_equal(ds[len(ds) // 2 - 1].numpy(), frames[[19, 19, 19, 19]])
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_store_shorter_than_the_window_pads_its_real_frames(tmp_path, strict):
+    short = write_store(str(tmp_path / "short.zarr"), 0, [3], size=SIZE, chunk=2)
+    long = write_store(str(tmp_path / "long.zarr"), 1, [10], size=SIZE, chunk=2)
+    ds = ZarrFrameDataset([short, long], array=ARRAY, window=4, pad_after=1, strict=strict)
+    assert len(ds) == 1 + 8
+    got = np.stack([t.numpy() for t in ds.__getitems__(list(range(len(ds))))])
+    np.testing.assert_array_equal(got[0], make_frames(0, 3, SIZE)[[0, 1, 2, 2]])
+    np.testing.assert_array_equal(got[1], make_frames(1, 10, SIZE)[0:4])
+    np.testing.assert_array_equal(got[-1], make_frames(1, 10, SIZE)[[7, 8, 9, 9]])
+
+
 def test_dict_samples_are_aligned(buffers):
     from torch.utils.data import DataLoader
 
@@ -143,6 +167,7 @@ def test_arrays_of_different_lengths_are_an_error(tmp_path):
             "window 9 is longer than every episode \\(the longest has 8 frames\\)",
         ),
         ({"window": 0}, "window must be at least 1 frame, not 0"),
+        ({"window": 2.5}, "window must be an integer number of frames, not 2.5"),
         ({"window": 3, "stride": -1}, "stride must be at least 1, not -1"),
         ({"window": 3, "pad_before": -2}, "padding must not be negative"),
         ({"stride": 2}, "stride, episode_ends and padding need a window"),

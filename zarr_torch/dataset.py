@@ -127,7 +127,10 @@ class ZarrFrameDataset(Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int) -> Any:
-        return self.__getitems__([i])[0]
+        """Sample ``i``; with ``on_error="skip"`` a sample that cannot be read is ``None``
+        (what ``DataLoader(ds, batch_size=None)`` then yields, and :func:`skip_collate` drops)."""
+        samples = self.__getitems__([i])
+        return samples[0] if samples else None
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         """The samples at ``indices``, in order: the batch path ``DataLoader`` calls.
@@ -172,13 +175,26 @@ class ZarrFrameDataset(Dataset):
             raise ValueError(f"an index mixes windows of {sorted(set(lengths.tolist()))} frames")
         first, end, size = index.bounds()[rows["array"]].T
         starts = rows["start"]
-        # Read T frames inside the array that cover every frame the window shows.
-        read_at = np.clip(
-            np.where(end - first >= window, np.clip(starts, first, end - window), first), 0, size - window
+        # Read T frames inside the array that cover every frame the window shows (from its
+        # episode's first frame when the episode is shorter), or the whole episode when
+        # the array itself holds fewer than T frames.
+        span = np.where(size >= window, window, end - first)
+        read_at = np.where(
+            end - first >= window, np.clip(starts, first, end - window), np.minimum(first, size - span)
         )
-        blocks = await read.read_items(
-            specs, rows["array"], read_at, window, strict=self.strict, retry=self.retry
+        blocks: list[Any] = [None] * len(rows)
+        groups = [np.flatnonzero(span == n) for n in np.unique(span)]
+        got = await asyncio.gather(
+            *(
+                read.read_items(
+                    specs, rows["array"][m], read_at[m], int(span[m[0]]), strict=self.strict, retry=self.retry
+                )
+                for m in groups
+            )
         )
+        for m, group in zip(groups, got, strict=True):
+            for k, b in zip(m.tolist(), group, strict=True):
+                blocks[k] = b
         return [
             b
             if isinstance(b, BaseException) or (f <= s == r and s + window <= e)  # no edge repeated
@@ -286,11 +302,13 @@ def _on_path(index: SelectionIndex, path: str) -> SelectionIndex:
 
 
 def skip_collate(batch: list[Any]) -> Any:
-    """``default_collate``, but a batch whose every sample was skipped gives ``None``.
+    """``default_collate`` of the samples that were read: skipped ones (``None``) are
+    dropped, and a batch whose every sample was skipped gives ``None``.
 
     DataLoader(ZarrFrameDataset(src, on_error="skip"), collate_fn=skip_collate)
     """
-    return default_collate(batch) if batch else None
+    read = [sample for sample in batch if sample is not None]
+    return default_collate(read) if read else None
 
 
 def _to_index(

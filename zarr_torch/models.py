@@ -121,9 +121,27 @@ class ZarrArray(BaseModel):
         return np.asarray(await arr.getitem(selection))
 
     def select(self, index: int | list[int], media: Media | None = None) -> ZarrSelection:
-        """A lazy :class:`ZarrSelection` of the item at ``index`` on the leading axes."""
-        idx = [index] if isinstance(index, int | np.integer) else [int(i) for i in index]
+        """A lazy :class:`ZarrSelection` of the item at ``index`` on the leading axes.
+
+        A negative index counts from the end, as in numpy; one out of range is an
+        ``IndexError`` naming the store, the array and the index.
+        """
+        idx = [int(index)] if isinstance(index, int | np.integer) else [int(i) for i in index]
+        self.item_position(idx)
         return ZarrSelection(array=self, index=idx, media=media)
+
+    def item_position(self, index: list[int]) -> list[int]:
+        """``index`` with negative entries counted from the end; ``IndexError`` naming the
+        store, the array and the index when it is out of range (or has too many axes)."""
+        if not self.shape:  # a record without a shape: zarr checks on read
+            return list(index)
+        where = f"array {self.path!r} in store {redact.redact_uri(self.store.uri)!r}"
+        if len(index) > len(self.shape):
+            raise IndexError(f"index {index} has more axes than the {len(self.shape)} of {where}")
+        for axis, (i, n) in enumerate(zip(index, self.shape, strict=False)):
+            if not -n <= i < n:
+                raise IndexError(f"index {index} is out of range for {where}: axis {axis} holds {n} items")
+        return [i + n if i < 0 else i for i, n in zip(index, self.shape, strict=False)]
 
 
 class ZarrSelection(BaseModel):
@@ -138,8 +156,8 @@ class ZarrSelection(BaseModel):
     media: Media | None = None
 
     def read(self) -> np.ndarray:
-        """The selected region as a numpy array."""
-        return self.array.read(tuple(self.index))
+        """The selected region as a numpy array (``IndexError`` naming it when out of range)."""
+        return self.array.read(tuple(self.array.item_position(self.index)))
 
     def read_bytes(self, format: str = "PNG") -> bytes:
         """The selected image encoded by Pillow ("png", ".jpg", "JPEG", ...).

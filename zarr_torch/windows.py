@@ -8,22 +8,36 @@ edge frame standing in for the missing ones, as policy-learning code expects.
 
     episodes(np.array([5, 12, 20]))           # [(0, 5), (5, 12), (12, 20)]
     window_starts(0, 5, window=4)             # [0, 1]
+    clamp_padding(4, 100, 100)                # (3, 3): Diffusion Policy's limit
     frame_positions(-1, 4, 0, 5)              # [0, 0, 1, 2]: frame 0 repeated once
 """
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 
 def check_window(window: int, stride: int = 1, pad_before: int = 0, pad_after: int = 0) -> None:
-    """Raise ``ValueError`` for a window shorter than 1, a stride below 1 or negative padding."""
+    """Raise ``ValueError`` for a non-integer argument, a window shorter than 1, a stride
+    below 1 or negative padding."""
+    given = {"window": window, "stride": stride, "pad_before": pad_before, "pad_after": pad_after}
+    for name, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an integer number of frames, not {value!r}")
     if window < 1:
         raise ValueError(f"window must be at least 1 frame, not {window}")
     if stride < 1:
         raise ValueError(f"stride must be at least 1, not {stride}")
     if pad_before < 0 or pad_after < 0:
         raise ValueError(f"padding must not be negative, not pad_before={pad_before}, pad_after={pad_after}")
+
+
+def clamp_padding(window: int, pad_before: int, pad_after: int) -> tuple[int, int]:
+    """Padding of at most ``window - 1`` frames on each side, as Diffusion Policy's
+    ``SequenceSampler`` clamps it: a window always shows at least one real frame."""
+    return min(pad_before, window - 1), min(pad_after, window - 1)
 
 
 def episodes(ends: np.ndarray, length: int | None = None) -> list[tuple[int, int]]:
