@@ -116,6 +116,21 @@ def test_selections_agree_everywhere_and_out_of_range_fails_at_construction(loca
             ZarrFrameDataset([arr.select(1), bad], on_error=on_error)
 
 
+def test_stores_of_different_frame_shapes_are_named_at_construction(tmp_path):
+    from zarr_torch.synth import write_store
+
+    small = write_store(str(tmp_path / "a.zarr"), 0, [3], size=4)
+    big = write_store(str(tmp_path / "b.zarr"), 1, [3], size=6)
+    with pytest.raises(
+        ValueError,
+        match=r"store '.*a.zarr' holds items of shape \(4, 4, 3\) and dtype uint8, but array "
+        r"'data/camera0_rgb' in store '.*b.zarr' holds items of shape \(6, 6, 3\)",
+    ):
+        ZarrFrameDataset([small, big], array=ARRAY)
+    crop = ZarrFrameDataset([small, big], array=ARRAY, transform=lambda f: torch.from_numpy(f[:4, :4]))
+    assert next(iter(DataLoader(crop, batch_size=6))).shape == (6, 4, 4, 3)
+
+
 def test_pickles_to_records_only(tmp_path):
     root = str(tmp_path / "many")
     write_stores(root, stores=30, frames=100, size=4, chunk=50)

@@ -369,6 +369,43 @@ def test_verify_names_changed_and_vanished_stores(tmp_path):
     assert index.verify() == uris[1:]
 
 
+BROKEN_METADATA = {
+    "invalid-json": (lambda m: "{not json", r"JSONDecodeError"),
+    "unknown-dtype": (lambda m: json.dumps({**m, "data_type": "float1024"}), r"float1024"),
+    "negative-shape": (lambda m: json.dumps({**m, "shape": [-6, *m["shape"][1:]]}), r"non-negative"),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_METADATA))
+def test_unreadable_metadata_is_named_by_build_and_changed_for_verify(local_stores, broken):
+    index = built(local_stores)
+    edit, cause = BROKEN_METADATA[broken]
+    meta = f"{local_stores}/episode_00001.zarr/{ARRAY}/zarr.json"
+    with open(meta) as f:
+        text = edit(json.load(f))
+    with open(meta, "w") as f:
+        f.write(text)
+    assert index.verify() == [f"{local_stores}/episode_00001.zarr"]
+    with pytest.raises(
+        ValueError,
+        match=rf"unreadable Zarr metadata of 'data/camera0_rgb' in store '.*episode_00001.zarr': .*{cause}",
+    ):
+        built(local_stores)
+
+
+def test_metadata_claiming_too_many_frames_is_named_not_allocated(local_stores):
+    meta = f"{local_stores}/episode_00002.zarr/{ARRAY}/zarr.json"
+    with open(meta) as f:
+        m = json.load(f)
+    with open(meta, "w") as f:
+        json.dump({**m, "shape": [10**15, *m["shape"][1:]]}, f)
+    with pytest.raises(
+        ValueError,
+        match=r"over the limit of 4294967296: array 'data/camera0_rgb' in store '.*episode_00002.zarr'",
+    ):
+        built(local_stores)
+
+
 def test_verify_counts_an_array_turned_group_as_changed(local_stores):
     index = built(local_stores)
     uri = index.stores[0].uri

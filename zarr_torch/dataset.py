@@ -98,6 +98,9 @@ class ZarrFrameDataset(Dataset):
         self.index = next(iter(self.indexes.values()))
         if isinstance(transform, Mapping) and (arrays is None or set(transform) - set(arrays)):
             raise ValueError(f"per-key transforms {sorted(transform)} need arrays with those keys")
+        for key, index in self.indexes.items():
+            if transform is None or (isinstance(transform, Mapping) and key not in transform):
+                _check_one_kind(index)
         self.transform = transform
         self.on_error = on_error
         self.strict = strict
@@ -294,6 +297,23 @@ def _tensor(frame: np.ndarray) -> torch.Tensor:
     if frame.flags.c_contiguous and frame.flags.writeable:  # a view of the batch: no copy
         return torch.from_numpy(frame)
     return torch.from_numpy(np.require(frame, requirements=["C", "W"]))
+
+
+def _check_one_kind(index: SelectionIndex) -> None:
+    """``ValueError`` naming two stores whose items differ in shape or dtype: without a
+    transform to make them alike, their batches would fail later in ``default_collate``."""
+    kinds = {}
+    for e in index.arrays:
+        kinds.setdefault((e.shape[1:], e.dtype), e)
+    if len(kinds) > 1:
+        a, b = (
+            f"array {e.path!r} in store {redact.redact_uri(index.stores[e.store].uri)!r} holds items of "
+            f"shape {shape} and dtype {dtype}"
+            for (shape, dtype), e in list(kinds.items())[:2]
+        )
+        raise ValueError(
+            f"{a}, but {b}: give a transform that makes them alike, or make one dataset per kind"
+        )
 
 
 def _on_path(index: SelectionIndex, path: str) -> SelectionIndex:

@@ -39,6 +39,8 @@ logger = logging.getLogger("zarr_torch")
 
 #: one row: which array, where on its leading axis, how many frames (0: one item).
 ROW_DTYPE = np.dtype([("array", "<u4"), ("start", "<i8"), ("length", "<u4")])
+#: the most rows an index holds (64 GiB of rows): more is corrupt metadata, not data.
+MAX_ROWS = 1 << 32
 #: rows are checked this many at a time (see :func:`check_rows`).
 CHECK_ROWS = 1 << 20
 #: builds over at least this many stores show a progress bar.
@@ -135,6 +137,7 @@ class SelectionIndex:
         if (stride, episode_ends, pad_before, pad_after) != (1, None, 0, 0):
             raise ValueError("stride, episode_ends and padding need a window")
         lengths = np.array([e.shape[0] for e in entries], dtype=np.int64)
+        _check_row_count(stores, entries, int(lengths.sum()))
         rows = np.empty(int(lengths.sum()), dtype=ROW_DTYPE)
         rows["array"] = np.repeat(np.arange(len(entries), dtype=np.uint32), lengths)
         offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -531,6 +534,16 @@ def check_rows(arrays: Sequence[ArrayEntry], rows: np.ndarray) -> None:
             )
 
 
+def _check_row_count(stores: list[ZarrStore], entries: list[ArrayEntry], rows: int) -> None:
+    """``ValueError`` naming the largest array when an index would hold over ``MAX_ROWS`` rows."""
+    if rows > MAX_ROWS:
+        big = max(entries, key=lambda e: e.shape[0])
+        raise ValueError(
+            f"an index of {rows} rows is over the limit of {MAX_ROWS}: array {big.path!r} in store "
+            f"{redact.redact_uri(stores[big.store].uri)!r} alone has {big.shape[0]} items"
+        )
+
+
 def refuse_credentials(stores: Iterable[ZarrStore]) -> None:
     """``ValueError`` for a store URI with credentials in it, which an index never holds."""
     for store in stores:
@@ -547,11 +560,12 @@ def _fingerprint(metas: Iterable[Meta]) -> str:
 
 
 async def _fresh_metas(store: ZarrStore, paths: list[str]) -> list[Meta] | None:
-    """The metadata of ``paths`` read through a new handle on ``store``; None if any is gone."""
+    """The metadata of ``paths`` read through a new handle on ``store``; None if any is gone
+    or can no longer be read (invalid JSON, an unknown dtype)."""
     target = make_store(store.uri, store.storage_options)
     try:
         nodes = await asyncio.gather(*(zasync.open(store=target, path=p, mode="r") for p in paths))
-    except (FileNotFoundError, NodeNotFoundError):
+    except (FileNotFoundError, NodeNotFoundError, ValueError, TypeError, KeyError):
         return None
     if not all(isinstance(n, AsyncArray) for n in nodes):
         return None
@@ -639,6 +653,7 @@ def _window_rows(
     if short:
         logger.warning("%d episode(s) shorter than the %d-frame window give no samples", short, window)
     counts = np.array([len(s) for s in starts], dtype=np.int64)
+    _check_row_count(stores, entries, int(counts.sum()))
     rows = np.empty(int(counts.sum()), dtype=ROW_DTYPE)
     rows["array"] = np.repeat(np.arange(len(arrays), dtype=np.uint32), counts)
     rows["start"] = np.concatenate(starts)

@@ -72,11 +72,17 @@ async def open_node(
 
     ``zarr_format`` (2 or 3), when known, reads only that format's metadata documents
     instead of probing for both. Raises ``FileNotFoundError`` naming the store (and the
-    path when the store exists).
+    path when the store exists), and ``ValueError`` naming both when its metadata cannot
+    be read (invalid JSON, an unknown dtype, a negative shape).
     """
     store = get_store(uri, storage_options)
     try:
         return await zasync.open(store=store, path=path, mode="r", zarr_format=zarr_format)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(
+            f"unreadable Zarr metadata of {path or '/'!r} in store {redact_uri(uri)!r}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     except (FileNotFoundError, NodeNotFoundError) as exc:
         shown = redact_uri(uri)
         if path and await _store_exists(store):
