@@ -5,6 +5,7 @@ zarr-torch index build s3://bucket/episodes/ --array data/camera0_rgb --media im
 zarr-torch index info frames.zti
 zarr-torch index verify frames.zti   # exit status 1 when a store changed since the build
 zarr-torch synth data/ --stores 8 --frames 64 --chunk 16
+zarr-torch info s3://bucket/episodes/ --storage-options @s3.json   # or $ZARR_TORCH_STORAGE_OPTIONS
 """
 
 from __future__ import annotations
@@ -24,14 +25,43 @@ from zarr_torch.index import SelectionIndex
 from zarr_torch.models import read_zarr
 from zarr_torch.synth import write_stores
 
+#: the environment variable read for storage options when ``--storage-options`` is not given.
+OPTIONS_ENV = "ZARR_TORCH_STORAGE_OPTIONS"
 
-def _options(text: str | None) -> dict:
-    return json.loads(text) if text else {}
+
+def storage_options(text: str) -> dict:
+    """Storage options from JSON, or from the JSON file ``@path`` (keeps credentials out of
+    shell history and the process list). Errors never echo the text, which may hold secrets."""
+    source = "the JSON"
+    if text.startswith("@"):
+        source = repr(text[1:])
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {source}: {exc.strerror}") from None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{source} is not valid JSON (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    if not isinstance(options, dict):
+        raise argparse.ArgumentTypeError(f"{source} is not a JSON object")
+    return options
+
+
+def _add_options(parser: argparse.ArgumentParser, note: str = "") -> None:
+    parser.add_argument(
+        "--storage-options",
+        type=storage_options,
+        default=os.environ.get(OPTIONS_ENV, "{}"),
+        help=f"fsspec options as JSON, or @file.json (default: ${OPTIONS_ENV}){note}",
+    )
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print every store under a prefix with its arrays' shapes, chunks and dtypes."""
-    stores = read_zarr(args.uri, _options(args.storage_options))
+    stores = read_zarr(args.uri, args.storage_options)
     for store in stores:
         print(redact.redact_uri(store.uri))
         for arr in store.get_arrays():
@@ -48,7 +78,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         args.source,
         array=args.array,
         media=args.media,
-        storage_options=_options(args.storage_options),
+        storage_options=args.storage_options,
         progress=True,
     )
     size = index.save(args.output)
@@ -80,7 +110,7 @@ def cmd_index_info(args: argparse.Namespace) -> int:
 
 def cmd_index_verify(args: argparse.Namespace) -> int:
     """Check every store of a saved index against fresh metadata; exit 1 if any changed."""
-    index = SelectionIndex.load(args.file, _options(args.storage_options))
+    index = SelectionIndex.load(args.file, args.storage_options)
     changed = index.verify()
     for uri in changed:
         print(f"changed: {redact.redact_uri(uri)}")
@@ -95,7 +125,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         stores=args.stores,
         frames=args.frames,
         nested=args.nested,
-        storage_options=_options(args.storage_options),
+        storage_options=args.storage_options,
         progress=True,
         size=args.size,
         chunk=args.chunk,
@@ -123,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="list stores and arrays under a prefix")
     info.add_argument("uri")
-    info.add_argument("--storage-options", help="fsspec options as JSON")
+    _add_options(info)
     info.set_defaults(func=cmd_info)
 
     index = sub.add_parser("index", help="build, inspect and verify a saved SelectionIndex")
@@ -133,14 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--array", default="", help="path of the array inside each store")
     build.add_argument("--media", choices=["image", "audio", "video"], default=None)
     build.add_argument("-o", "--output", required=True, help="index file to write, e.g. frames.zti")
-    build.add_argument("--storage-options", help="fsspec options as JSON (never saved)")
+    _add_options(build, "; never saved")
     build.set_defaults(func=cmd_index_build)
     info_index = index_sub.add_parser("info", help="summarize a saved index")
     info_index.add_argument("file")
     info_index.set_defaults(func=cmd_index_info)
     verify = index_sub.add_parser("verify", help="list stores changed since the index was built")
     verify.add_argument("file")
-    verify.add_argument("--storage-options", help="fsspec options as JSON")
+    _add_options(verify)
     verify.set_defaults(func=cmd_index_verify)
 
     synth = sub.add_parser("synth", help="write synthetic stores")
@@ -156,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--zarr-format", type=int, choices=[2, 3], default=3)
     synth.add_argument("--nested", action="store_true", help="spread stores over sub-folders")
     synth.add_argument("--overwrite", action="store_true")
-    synth.add_argument("--storage-options", help="fsspec options as JSON")
+    _add_options(synth)
     synth.set_defaults(func=cmd_synth)
     bench = sub.add_parser("bench", help="run a benchmark suite (results in benchmarks/)")
     bench.add_argument("suite", choices=["throughput", "index", "loaders"])

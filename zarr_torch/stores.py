@@ -19,7 +19,7 @@ from zarr.errors import NodeNotFoundError
 from zarr.storage import FsspecStore, LocalStore
 
 from zarr_torch.process import gather_bounded, process_state, run
-from zarr_torch.redact import redact_uri
+from zarr_torch.redact import redact_uri, scrub
 from zarr_torch.storage import ReliableStore
 
 Options = Mapping[str, Any]
@@ -81,7 +81,7 @@ async def open_node(
     except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(
             f"unreadable Zarr metadata of {path or '/'!r} in store {redact_uri(uri)!r}: "
-            f"{type(exc).__name__}: {exc}"
+            f"{type(exc).__name__}: {scrub(str(exc), storage_options)}"
         ) from exc
     except (FileNotFoundError, NodeNotFoundError) as exc:
         shown = redact_uri(uri)
@@ -89,6 +89,11 @@ async def open_node(
             raise FileNotFoundError(f"no Zarr array or group {path!r} in store {shown!r}") from exc
         raise FileNotFoundError(
             f"no Zarr store at {shown!r} (no zarr.json, .zgroup or .zarray found)"
+        ) from exc
+    except Exception as exc:  # the store could not be reached: say which, without secrets
+        raise OSError(
+            f"cannot open {path or '/'!r} in store {redact_uri(uri)!r}: "
+            f"{type(exc).__name__}: {scrub(str(exc), storage_options)}"
         ) from exc
 
 
