@@ -10,6 +10,7 @@ import asyncio
 import errno
 import multiprocessing
 import os
+import time
 
 import numpy as np
 import pytest
@@ -26,7 +27,8 @@ from zarr_torch.testing import FaultProxy, every_nth, failing_keys
 
 ARRAY = "data/camera0_rgb"
 STORES, FRAMES = 3, 16
-FAST = RetryPolicy(max_attempts=12, base_delay=0.01, max_delay=0.2, deadline=20)
+#: fast retries with room for the connection hiccups of two local test servers under load.
+FAST = RetryPolicy(max_attempts=30, base_delay=0.01, max_delay=0.2, deadline=20)
 
 
 def client_error(code: str, status: int) -> ClientError:
@@ -89,13 +91,10 @@ def s3_stores(s3_bucket, s3_options) -> str:
     return f"{s3_bucket}/eps"
 
 
-def through(proxy: FaultProxy, s3_options: dict, **config) -> dict:
-    """``s3_options`` reaching S3 through ``proxy``, with botocore's own retries off."""
-    return {
-        **s3_options,
-        "config_kwargs": {"retries": {"max_attempts": 1}, **config},
-        "client_kwargs": {**s3_options["client_kwargs"], "endpoint_url": proxy.url},
-    }
+def through(proxy: FaultProxy, s3_options: dict) -> dict:
+    """``s3_options`` reaching S3 through ``proxy`` (zarr_torch's own retries only: its S3
+    stores turn s3fs's and botocore's off)."""
+    return {**s3_options, "client_kwargs": {**s3_options["client_kwargs"], "endpoint_url": proxy.url}}
 
 
 def epoch(ds: ZarrFrameDataset) -> DataLoader:
@@ -134,7 +133,10 @@ def test_keys_failing_six_times_in_a_row(s3_stores, s3_options, s3_endpoint):
         chunk_gets = [
             n for (method, path), n in proxy.requests.items() if method == "GET" and chunk_key(path)
         ]
-        assert len(chunk_gets) == STORES * FRAMES // 4 and min(chunk_gets) >= 7
+        assert len(chunk_gets) == STORES * FRAMES // 4
+        # 6 failures and 1 success, each one request (a stacked layer would make 7 x 5 or more);
+        # a connection the local servers drop under load may add a try.
+        assert min(chunk_gets) == 7 and max(chunk_gets) <= 9, chunk_gets
 
 
 def test_a_key_that_never_recovers_is_a_read_error(s3_stores, s3_options, s3_endpoint):
@@ -154,11 +156,26 @@ def test_a_key_that_never_recovers_is_a_read_error(s3_stores, s3_options, s3_end
             ds.__getitems__([0, 5])
         assert is_transient(info.value.__cause__)
         tries = sum(n for (_, path), n in proxy.requests.items() if path.endswith(bad))
-        assert 3 <= tries <= 3 * 5, (
-            f"the dataset's policy (3 attempts, s3fs's 5 each) bounds the tries, not {tries}"
-        )
+        assert tries == 3, f"the dataset's policy (3 attempts) alone makes the tries, not {tries}"
 
         np.testing.assert_array_equal(ds[0].numpy(), reference(STORES, FRAMES)[0])
+
+
+def test_an_endpoint_that_never_answers_fails_within_the_deadline(s3_stores, s3_options, s3_endpoint):
+    with FaultProxy(s3_endpoint) as proxy:
+        ds = ZarrFrameDataset(
+            s3_stores, array=ARRAY, storage_options=through(proxy, s3_options), retry=RetryPolicy(deadline=3)
+        )
+        proxy.delay = 60  # from now on every request hangs for a minute
+        started = time.monotonic()
+        with pytest.raises(
+            ReadError,
+            match=r"sample 0: .*episode_00000.zarr', index 0: TimeoutError: no answer "
+            r"within the retry deadline of 3 s",
+        ):
+            ds[0]
+        assert time.monotonic() - started < 10, "the deadline bounds the whole read"
+        proxy.delay = 0
 
 
 def test_strict_makes_a_missing_chunk_an_error(tmp_path):

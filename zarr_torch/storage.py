@@ -1,9 +1,9 @@
 """The store wrapper every read goes through: retries and strict missing chunks.
 
 Object stores fail in passing (503 SlowDown, 500 InternalError, reset connections,
-timeouts). s3fs and botocore absorb isolated failures; a key that fails several times
-in a row, or a client whose own retries are off, reaches zarr_torch, which retries it
-again with capped exponential backoff and full jitter for a bounded total time.
+timeouts). One layer retries: this one, with capped exponential backoff and full jitter,
+and a deadline that bounds the whole read, attempts included. The S3 stores zarr_torch
+makes turn s3fs's and botocore's own retries off unless the storage options set them.
 Failures are recognised by exception type, error code and HTTP status, never by
 message text.
 
@@ -120,13 +120,21 @@ def is_transient(exc: BaseException) -> bool:
 
 
 async def retrying(call: Callable[[], Awaitable[T]], policy: RetryPolicy) -> T:
-    """Await ``call()``, again after each transient failure, as ``policy`` allows."""
+    """Await ``call()``, again after each transient failure, as ``policy`` allows.
+
+    The deadline bounds the whole call, attempts included: an endpoint that accepts a
+    connection and never answers is a ``TimeoutError`` after ``policy.deadline`` seconds.
+    """
     start = time.monotonic()
     delays = policy.delays()
     while True:
+        limit = asyncio.timeout(max(0.0, policy.deadline - (time.monotonic() - start)))
         try:
-            return await call()
+            async with limit:
+                return await call()
         except Exception as exc:
+            if limit.expired():
+                raise TimeoutError(f"no answer within the retry deadline of {policy.deadline:g} s") from exc
             delay = next(delays, None)
             if not is_transient(exc) or delay is None or time.monotonic() - start + delay > policy.deadline:
                 raise
@@ -192,7 +200,7 @@ class ReliableStore(WrapperStore[Store]):
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]:
         key_ranges = list(key_ranges)
-        values = await retrying(lambda: self._store.get_partial_values(prototype, key_ranges), self.policy)
+        values = await self._retry(lambda: self._store.get_partial_values(prototype, key_ranges))
         return [self._check(k, v) for (k, _), v in zip(key_ranges, values, strict=True)]
 
     async def exists(self, key: str) -> bool:

@@ -47,10 +47,19 @@ def make_store(uri: str, storage_options: Options | None = None, *, read_only: b
     if is_local(uri):
         return LocalStore(local_path(uri), read_only=read_only)
     options = dict(storage_options or {})
-    if uri.startswith("s3://"):  # botocore's default pool of 10 connections caps a batch's fetches
+    if uri.startswith("s3://"):
+        # botocore's default pool of 10 connections caps a batch's fetches; retries are
+        # ReliableStore's alone (s3fs's 5 attempts times botocore's 5 stacked up under it).
         config = options.get("config_kwargs", {})
-        options["config_kwargs"] = {"max_pool_connections": S3_CONNECTIONS, **config}
-    return FsspecStore.from_url(uri, storage_options=options, read_only=read_only)
+        options["config_kwargs"] = {
+            "max_pool_connections": S3_CONNECTIONS,
+            "retries": {"total_max_attempts": 1},
+            **config,
+        }
+    store = FsspecStore.from_url(uri, storage_options=options, read_only=read_only)
+    if uri.startswith("s3://"):  # an instance of these options only: fsspec keys its cache by them
+        store.fs.retries = 1
+    return store
 
 
 def get_store(uri: str, storage_options: Options | None = None) -> Store:

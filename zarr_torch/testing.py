@@ -67,7 +67,12 @@ class FaultProxy:
         self.faults: Counter[str] = Counter()
         self._count = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler(), bind_and_activate=False)
+        # A real endpoint does not refuse connections: a backlog of 5 (socketserver's
+        # default) would, when a batch opens dozens at once.
+        self._server.request_queue_size = 256
+        self._server.server_bind()
+        self._server.server_activate()
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
