@@ -4,14 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR := build/demo
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench docs dist clean
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,datachain,lightning,accelerate]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,docs,datachain,lightning,accelerate]'
 	touch $@
 
 demo: venv
@@ -28,5 +28,15 @@ bench: venv
 	$(VENV)/bin/zarr-torch bench index
 	$(VENV)/bin/zarr-torch bench loaders --write
 
+# The documentation site, in build/site (NO_MKDOCS_2_WARNING: Material's notice, not a warning).
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# The sdist and wheel, in dist/, checked as PyPI would render them.
+dist: venv
+	rm -rf dist
+	$(PY) -m build
+	$(VENV)/bin/twine check dist/*
+
 clean:
-	rm -rf $(VENV) build .pytest_cache
+	rm -rf $(VENV) build dist .pytest_cache

@@ -4,7 +4,7 @@
     for batch in DataLoader(ds, batch_size=64, num_workers=8, shuffle=True): ...
 
 The dataset pickles to its :class:`SelectionIndex` and options only; each process opens
-the arrays it reads lazily, once (see :mod:`zarr_torch.io`).
+the arrays it reads lazily, once (see :mod:`zarr_torch.process`).
 """
 
 from __future__ import annotations

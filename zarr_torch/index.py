@@ -333,7 +333,7 @@ class SelectionIndex:
         )
 
     def array_specs(self) -> list[tuple[str, str, dict[str, Any]]]:
-        """``(uri, path, storage_options)`` of every array, by array id, for :mod:`io`."""
+        """``(uri, path, storage_options)`` of every array, by array id, for the read engine."""
         return [(self.stores[e.store].uri, e.path, self.stores[e.store].storage_options) for e in self.arrays]
 
     # -- checking -----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 They follow datachain's Zarr models (``ZarrStore``, ``ZarrInfo``, ``ZarrArray``,
 ``ZarrSelection``, ``read_zarr``) so records move between the two libraries. Models hold
-values only: they pickle and round-trip through JSON; handles live in :mod:`zarr_torch.io`.
+values only: they pickle and round-trip through JSON; handles live in :mod:`zarr_torch.process`.
 
     store = read_zarr("s3://bucket/episodes/")[0]
     frame = store.get_array("data/camera0_rgb").select(5, media="image").read()  # (H, W, C)
