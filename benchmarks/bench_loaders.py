@@ -86,8 +86,7 @@ def frame_keys(batch: torch.Tensor, frames: int) -> np.ndarray:
 
 def empty_cache() -> None:
     """Drop this process's decoded chunks, so no epoch is served from an earlier one's."""
-    state = process.process_state()
-    state.cache = type(state.cache)(state.cache.budget)
+    process.process_state().clear_caches()
 
 
 def run_epoch(loader: Iterable[torch.Tensor], frames: int, total: int) -> tuple[float, float]:

@@ -219,8 +219,7 @@ def loader_fps(ds: Dataset, sampler: Any, workers: int) -> float:
 def cold_fps(fn: Callable[[], Any]) -> tuple[float, Any]:
     """Frames/s of ``fn`` (which returns its frames, or how many it read) with zarr_torch's
     chunk cache emptied first; and what it returned."""
-    state = process.process_state()
-    state.cache = type(state.cache)(state.cache.budget)
+    process.process_state().clear_caches()
     start_t = time.perf_counter()
     got = fn()
     seconds = time.perf_counter() - start_t

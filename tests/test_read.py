@@ -224,17 +224,37 @@ def test_lru_drops_the_least_recently_used():
 
 
 def torch_threads(frame: np.ndarray) -> torch.Tensor:
-    return torch.tensor([torch.get_num_threads(), process.process_state().decode_threads])
+    """(torch threads, sizes of the decode pools made) in the process that read ``frame``."""
+    return torch.tensor([torch.get_num_threads(), *sorted(process.process_state().pools)])
+
+
+def seen_budgets(ds: ZarrFrameDataset, workers: int) -> set[tuple[int, ...]]:
+    return {tuple(t.tolist()) for b in DataLoader(ds, batch_size=2, num_workers=workers) for t in b}
 
 
 def test_workers_share_the_cores(tmp_path):
     write_stores(str(tmp_path / "s"), stores=1, frames=8, size=SIZE, chunk=4)
+    cores = process.available_cores()
     ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, transform=torch_threads)
-    share = max(1, process.available_cores() // 2)
-    seen = {tuple(t.tolist()) for batch in DataLoader(ds, batch_size=2, num_workers=2) for t in batch}
-    assert seen == {(share, share)}
+    # One worker has every core (DataLoader alone would leave it 1 torch thread); two share them.
+    assert seen_budgets(ds, 1) == {(cores, cores)}
+    assert seen_budgets(ds, 2) == {(max(1, cores // 2),) * 2}
     pinned = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, transform=torch_threads, threads=3)
-    assert {tuple(t.tolist()) for b in DataLoader(pinned, batch_size=2, num_workers=2) for t in b} == {(3, 3)}
+    assert seen_budgets(pinned, 2) == {(3, 3)}
+
+
+def test_budgets_belong_to_the_dataset_that_asked(tmp_path):
+    write_stores(str(tmp_path / "s"), stores=2, frames=16, size=SIZE, chunk=4)
+    chunk = 4 * SIZE * SIZE * 3
+    small = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, cache_bytes=2 * chunk, threads=1)
+    large = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, cache_bytes=8 * chunk)
+    before = torch.get_num_threads()
+    for ds in (small, large, small):
+        ds.__getitems__(list(range(0, 32, 3)))
+    assert small.stats()["cache_budget"] == 2 * chunk and small.stats()["cache_bytes"] <= 2 * chunk
+    assert large.stats()["cache_budget"] == 8 * chunk and large.stats()["cache_bytes"] > 2 * chunk
+    assert torch.get_num_threads() == before, "threads= never changes the training process's torch"
+    assert {1, process.available_cores()} <= set(process.process_state().pools)
 
 
 class CountingCodec(numcodecs.abc.Codec):
@@ -331,5 +351,8 @@ def test_a_store_rewritten_with_another_chunking_never_gets_old_cached_chunks(tm
     ds = ZarrFrameDataset(uri, array=ARRAY)
     np.testing.assert_array_equal(ds[3].numpy(), reference(1, 16)[3])  # chunk 0 now cached
     write_store(uri, 1, [16], size=SIZE, chunk=4, overwrite=True)  # other frames, other chunks
-    ds.index.validate()  # reads the metadata afresh
+    with pytest.raises(
+        ValueError, match=r"has chunks \(4, 12, 12, 3\), but the index expects \(8, 12, 12, 3\)"
+    ):
+        ds.index.validate()  # reads the metadata afresh, and says what changed
     np.testing.assert_array_equal(ds[3].numpy(), make_frames(1, 16, SIZE)[3])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -108,6 +109,8 @@ class ZarrFrameDataset(Dataset):
         self.skips = SkipLog() if on_error == "skip" else None
         self.cache_bytes = cache_bytes
         self.threads = threads
+        #: names this dataset's own cache in every process (pickled with it to workers).
+        self._token = uuid.uuid4().hex
 
     @classmethod
     def from_datachain(
@@ -143,9 +146,8 @@ class ZarrFrameDataset(Dataset):
         is read concurrently.
         """
         idx = self._check(indices)
-        self._configure_process()
         keys = list(self.indexes)
-        reads = process.run(self._read_all(idx))
+        reads = process.run(self._read_all(idx, self._budget()))
         if len(reads) == 1 and self.transform is None and (whole := _one_batch(reads[0])) is not None:
             return list(torch.from_numpy(whole).unbind(0))  # every frame read: tensors over the batch
         samples = []
@@ -163,17 +165,18 @@ class ZarrFrameDataset(Dataset):
         process.process_state().stats.add(transform_s=time.perf_counter() - started)
         return samples
 
-    async def _read_all(self, idx: np.ndarray) -> list[list[Any]]:
-        return await asyncio.gather(*(self._read(index, index.rows[idx]) for index in self.indexes.values()))
+    async def _read_all(self, idx: np.ndarray, budget: dict[str, Any]) -> list[list[Any]]:
+        return await asyncio.gather(
+            *(self._read(index, index.rows[idx], budget) for index in self.indexes.values())
+        )
 
-    async def _read(self, index: SelectionIndex, rows: np.ndarray) -> list[Any]:
+    async def _read(self, index: SelectionIndex, rows: np.ndarray, budget: dict[str, Any]) -> list[Any]:
         """The items (or windows, edge frames repeated) of ``rows``; exceptions in place."""
         specs, lengths = index.array_specs(), rows["length"]
+        options = {"strict": self.strict, "retry": self.retry, **budget}
         window = int(lengths.max()) if len(rows) else 0
         if window == 0:
-            return await read.read_items(
-                specs, rows["array"], rows["start"], strict=self.strict, retry=self.retry
-            )
+            return await read.read_items(specs, rows["array"], rows["start"], **options)
         if (lengths != window).any():
             raise ValueError(f"an index mixes windows of {sorted(set(lengths.tolist()))} frames")
         first, end, size = index.bounds()[rows["array"]].T
@@ -189,9 +192,7 @@ class ZarrFrameDataset(Dataset):
         groups = [np.flatnonzero(span == n) for n in np.unique(span)]
         got = await asyncio.gather(
             *(
-                read.read_items(
-                    specs, rows["array"][m], read_at[m], int(span[m[0]]), strict=self.strict, retry=self.retry
-                )
+                read.read_items(specs, rows["array"][m], read_at[m], int(span[m[0]]), **options)
                 for m in groups
             )
         )
@@ -207,20 +208,20 @@ class ZarrFrameDataset(Dataset):
             )
         ]
 
-    def _configure_process(self) -> None:
-        """Apply the cache budget and, in a ``DataLoader`` worker, the thread budget, once."""
+    def _budget(self) -> dict[str, Any]:
+        """This dataset's cache and decode threads in this process (other datasets keep theirs).
+
+        In a ``DataLoader`` worker, which exists for this dataset's loader alone, torch's
+        threads follow the budget too; the training process's are never touched.
+        """
         state = process.process_state()
-        wanted = (self.cache_bytes, self.threads)
-        if state.configured == wanted:
-            return
-        state.cache.budget = self.cache_bytes
         threads, worker = self.threads, get_worker_info()
-        if threads is None and worker is not None:
-            threads = max(1, process.available_cores() // worker.num_workers)
-        if threads is not None:
-            torch.set_num_threads(threads)
-            state.set_decode_threads(threads)
-        state.configured = wanted
+        if worker is not None:
+            threads = threads or max(1, process.available_cores() // worker.num_workers)
+            if state.torch_threads != threads:
+                torch.set_num_threads(threads)
+                state.torch_threads = threads
+        return {"cache": state.cache_for(self._token, self.cache_bytes), "threads": threads}
 
     def stats(self) -> dict[str, float]:
         """What this process has read: chunks, byte ranges and shard indexes fetched,
@@ -230,11 +231,11 @@ class ZarrFrameDataset(Dataset):
 
             ds.stats()["read_amplification"]  # 1.0: nothing decoded was thrown away
         """
-        state = process.process_state()
+        cache = self._budget()["cache"]
         return {
-            **state.stats.as_dict(),
-            "cache_bytes": state.cache.nbytes,
-            "cache_budget": state.cache.budget,
+            **process.process_state().stats.as_dict(),
+            "cache_bytes": cache.nbytes,
+            "cache_budget": cache.budget,
         }
 
     def _error(self, i: int, key: str | None, cause: BaseException) -> ReadError:

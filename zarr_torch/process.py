@@ -14,8 +14,9 @@ sessions with "attached to a different loop".
 from __future__ import annotations
 
 import asyncio
+import math
 import os
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -28,14 +29,25 @@ T = TypeVar("T")
 
 #: how many metadata opens run at once when validating or indexing many stores.
 OPEN_CONCURRENCY = 64
+#: the cgroup v2 file holding this container's CPU quota and period.
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
 
 
 def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity), at least 1."""
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota
+    (``/sys/fs/cgroup/cpu.max``, as containers set it); at least 1."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        with open(CGROUP_CPU_MAX) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 @dataclass
@@ -43,31 +55,48 @@ class ProcessState:
     """What one process has opened; never crosses a fork or a pickle."""
 
     pid: int = field(default_factory=os.getpid)
+    #: the decoded-chunk cache of reads that name none (see :meth:`cache_for`).
     cache: ChunkCache = field(default_factory=ChunkCache)
+    #: each dataset's own decoded-chunk cache, by the dataset's token.
+    caches: dict[Hashable, ChunkCache] = field(default_factory=dict)
     stats: ReadStats = field(default_factory=ReadStats)
-    #: the dataset options (thread budget, cache size) this process has applied.
-    configured: tuple = ()
+    #: the torch thread count a DataLoader worker set for its dataset (None: untouched).
+    torch_threads: int | None = None
     stores: dict[tuple[str, str], Any] = field(default_factory=dict)
     arrays: dict[tuple[str, str, str], Any] = field(default_factory=dict)
     #: how each open array is laid out (see :mod:`zarr_torch.read.layout`), by array key.
     layouts: dict[Any, Any] = field(default_factory=dict)
     #: decoded shard indexes, by (array key, shard coordinates).
     shard_indexes: ChunkCache = field(default_factory=lambda: ChunkCache(SHARD_INDEX_BYTES))
+    #: decode threads of reads that name no budget.
     decode_threads: int = field(default_factory=available_cores)
-    _pool: ThreadPoolExecutor | None = None
+    pools: dict[int, ThreadPoolExecutor] = field(default_factory=dict)
 
-    def pool(self) -> ThreadPoolExecutor:
-        """This process's decode threads (``decode_threads`` of them), made on first use."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="zarr_torch_decode")
-        return self._pool
+    def pool(self, threads: int | None = None) -> ThreadPoolExecutor:
+        """A pool of ``threads`` decode threads (default ``decode_threads``), made on first use.
 
-    def set_decode_threads(self, threads: int) -> None:
-        """Decode with ``threads`` threads from now on (the old pool finishes its work)."""
-        if threads != self.decode_threads:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-            self._pool, self.decode_threads = None, threads
+        Each budget has its own pool, so a dataset's budget holds whatever other datasets
+        in the process ask for.
+        """
+        threads = threads or self.decode_threads
+        if threads not in self.pools:
+            self.pools[threads] = ThreadPoolExecutor(
+                threads, thread_name_prefix=f"zarr_torch_decode{threads}"
+            )
+        return self.pools[threads]
+
+    def cache_for(self, owner: Hashable, budget: int) -> ChunkCache:
+        """The decoded-chunk cache of ``owner`` (a dataset's token), of ``budget`` bytes."""
+        cache = self.caches.get(owner)
+        if cache is None:
+            cache = self.caches[owner] = ChunkCache(budget)
+        cache.budget = budget
+        return cache
+
+    def clear_caches(self) -> None:
+        """Drop every decoded chunk this process holds (benchmarks start cold with it)."""
+        self.cache = ChunkCache(self.cache.budget)
+        self.caches.clear()
 
 
 #: the byte budget of each process's cache of decoded shard indexes.

@@ -17,10 +17,13 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from zarr_torch.cache import ChunkCache
 from zarr_torch.process import process_state
 from zarr_torch.read.assemble import fill, scatter
 from zarr_torch.read.decode import decode_with_zarr
@@ -42,10 +45,18 @@ async def read_items(
     *,
     strict: bool = False,
     retry: RetryPolicy | None = None,
+    cache: ChunkCache | None = None,
+    threads: int | None = None,
 ) -> list[np.ndarray | BaseException]:
     """Item ``starts[k]`` (or the window of ``length`` rows there) of array
     ``specs[array_ids[k]]`` for every ``k``, in order; a failed item's place holds its
-    exception. Items of one frame shape and dtype are views of one batch array."""
+    exception. Items of one frame shape and dtype are views of one batch array.
+
+    ``cache`` and ``threads`` are the caller's budget (a dataset's own); by default the
+    process's shared cache and one decode thread per core.
+    """
+    state = process_state()
+    budget = _Budget(state.cache if cache is None else cache, threads or state.decode_threads)
     array_ids, starts = np.asarray(array_ids), np.asarray(starts, dtype=np.int64)
     span = max(length, 1)
     ids = np.unique(array_ids)
@@ -64,14 +75,14 @@ async def read_items(
             layouts.append(layout_of((uri, path, options_key(options)), arr))
         batches = _allocate(layouts, len(starts), length)
         reads = [
-            _ArrayRead(layout, m, starts[m], span, batch if length else batch[:, None], strict)
+            _ArrayRead(layout, m, starts[m], span, batch if length else batch[:, None], strict, budget)
             for layout, m, batch in zip(layouts, members, batches, strict=True)
             if layout is not None
         ]
         await asyncio.gather(*(r.prepare() for r in reads))
         started = time.perf_counter()
         local = [r for r in reads if r.local]
-        await asyncio.gather(_run_local(local), *(r.run_remote() for r in reads if not r.local))
+        await asyncio.gather(_run_local(local, budget), *(r.run_remote() for r in reads if not r.local))
         await asyncio.gather(*(r.check_absent() for r in reads))
         process_state().stats.add(fetch_s=time.perf_counter() - started)
         errors = [r.finish() for r in reads]
@@ -104,6 +115,18 @@ def _allocate(layouts: list[Layout | None], n: int, length: int) -> list[np.ndar
     return batches
 
 
+@dataclass(frozen=True)
+class _Budget:
+    """What one read may use: its decoded-chunk cache and its number of decode threads."""
+
+    cache: ChunkCache
+    threads: int
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        return process_state().pool(self.threads)
+
+
 class _ArrayRead:
     """The part of a batch that reads one array: planned, fetched and settled in turn."""
 
@@ -115,6 +138,7 @@ class _ArrayRead:
         span: int,
         batch: np.ndarray,
         strict: bool,
+        budget: _Budget,
     ) -> None:
         bad = (starts < 0) | (starts + span > layout.shape[0])
         #: the exception of every batch position that failed.
@@ -123,7 +147,7 @@ class _ArrayRead:
             for p, s in zip(positions[bad], starts[bad], strict=True)
         }
         self.layout, self.positions, self.starts = layout, positions[~bad], starts[~bad]
-        self.span, self.batch, self.strict = span, batch, strict
+        self.span, self.batch, self.strict, self.budget = span, batch, strict, budget
         self.local = layout.root is not None and layout.decoder is not None
         self.tasks: list[Task] = []
         self.units: list[Unit] = []
@@ -138,14 +162,14 @@ class _ArrayRead:
         keep = layout.cached(self.span)
         todo = []
         for i, task in enumerate(self.tasks):
-            hit = state.cache.get((layout.name, task.coords)) if keep else None
+            hit = self.budget.cache.get((layout.name, task.coords)) if keep else None
             if hit is None:
                 todo.append(i)
             else:
                 scatter(self.batch, task, hit, self.span)
         state.stats.add(cache_hits=len(self.tasks) - len(todo), cache_misses=len(todo))
         self.units, self.settled = await plan_fetch(layout, self.tasks, todo, strict=self.strict)
-        self.job = _Decode(layout, self.tasks, self.batch, self.span, keep, self.strict)
+        self.job = _Decode(layout, self.tasks, self.batch, self.span, keep, self.strict, self.budget)
 
     async def run_remote(self) -> None:
         if self.units:
@@ -175,7 +199,7 @@ class _ArrayRead:
         return self.failed
 
 
-async def _run_local(reads: list[_ArrayRead]) -> None:
+async def _run_local(reads: list[_ArrayRead], budget: _Budget) -> None:
     """Every unit of local arrays on the decode threads, split evenly, one pass each."""
     work = [(r, u) for r in reads for u in r.units]
     if not work:
@@ -184,10 +208,10 @@ async def _run_local(reads: list[_ArrayRead]) -> None:
     # Chunks of a few KB decode in microseconds: two threads then spend more on handing the
     # GIL back and forth than they gain (37 KB tiles: 7.0k frames/s on one, 4.4k on two).
     small = sum(r.job.chunk_bytes < PARALLEL_CHUNK_BYTES for r, _ in work) > len(work) // 2
-    threads = 1 if small else min(state.decode_threads, len(work))
+    threads = 1 if small else min(budget.threads, len(work))
     loop = asyncio.get_running_loop()
     parts = await asyncio.gather(
-        *(loop.run_in_executor(state.pool(), _local_units, work[k::threads]) for k in range(threads))
+        *(loop.run_in_executor(budget.pool, _local_units, work[k::threads]) for k in range(threads))
     )
     for part in parts:
         for r, i, outcome in part:
@@ -213,10 +237,17 @@ class _Decode:
     """Decode fetched chunks of one array and copy them into the batch."""
 
     def __init__(
-        self, layout: Layout, tasks: list[Task], batch: np.ndarray, span: int, keep: bool, strict: bool
+        self,
+        layout: Layout,
+        tasks: list[Task],
+        batch: np.ndarray,
+        span: int,
+        keep: bool,
+        strict: bool,
+        budget: _Budget,
     ) -> None:
         self.layout, self.tasks, self.batch, self.span, self.keep = layout, tasks, batch, span, keep
-        self.strict = strict
+        self.strict, self.budget = strict, budget
         self.into = layout.decoder is not None and layout.decoder.into and one_frame_chunks(layout, span)
         self.chunk_bytes = int(np.prod(layout.chunk)) * layout.dtype.itemsize
         #: each item's bytes, where one-frame chunks decode to
@@ -240,7 +271,7 @@ class _Decode:
         """Copy a decoded chunk of task ``i`` into the batch; keep it if worth it."""
         scatter(self.batch, self.tasks[i], chunk, self.span)
         if self.keep:
-            process_state().cache.put((self.layout.name, self.tasks[i].coords), np.asarray(chunk))
+            self.budget.cache.put((self.layout.name, self.tasks[i].coords), np.asarray(chunk))
 
     def unit(self, unit: Unit, raw: bytes | None, counts: Counter) -> dict[int, BaseException | None]:
         """Decode every chunk of a fetched unit, counting into ``counts``; return the tasks
@@ -274,7 +305,7 @@ class _Decode:
         state = process_state()
         loop = asyncio.get_running_loop()
         read = (
-            (lambda u: loop.run_in_executor(state.pool(), read_local, self.layout, u))
+            (lambda u: loop.run_in_executor(self.budget.pool, read_local, self.layout, u))
             if (self.layout.root is not None)
             else (lambda u: read_remote(self.layout, u))
         )
@@ -289,7 +320,7 @@ class _Decode:
             except Exception as exc:
                 return dict.fromkeys((i for i, _, _ in unit.parts), exc)
             counts: Counter = Counter()
-            settled = await loop.run_in_executor(state.pool(), self.unit, unit, raw, counts)
+            settled = await loop.run_in_executor(self.budget.pool, self.unit, unit, raw, counts)
             state.stats.add(**counts)
             return settled
 
