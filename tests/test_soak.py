@@ -23,7 +23,8 @@ def rss() -> int:
 
 
 class RssProbe(Dataset):
-    """Each sample carries the resident memory and pid of the worker that read it."""
+    """Each sample carries the resident memory and pid of the worker that read it, and how
+    many chunks that worker has fetched from the stores so far."""
 
     def __init__(self, frames: ZarrFrameDataset) -> None:
         self.frames = frames
@@ -31,26 +32,35 @@ class RssProbe(Dataset):
     def __len__(self) -> int:
         return len(self.frames)
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int, int]]:
-        here = (rss(), os.getpid())
-        return [(f, *here) for f in self.frames.__getitems__(indices)]
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int, int, int]]:
+        frames = self.frames.__getitems__(indices)
+        here = (rss(), os.getpid(), int(self.frames.stats()["chunks_fetched"]))
+        return [(f, *here) for f in frames]
+
+
+CHUNKS, CACHED = 6 * 500 // 8, 40  # chunks in the data; chunks of 24 KiB the 1 MiB cache holds
 
 
 def test_worker_memory_is_flat_over_ten_epochs(tmp_path):
     write_stores(str(tmp_path / "s"), stores=6, frames=500, size=32, chunk=8)
-    probe = RssProbe(ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY))
+    # A cache far smaller than the data (9 MiB), so every epoch reads the stores again.
+    probe = RssProbe(ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, cache_bytes=2**20))
     loader = DataLoader(
         probe, batch_size=32, shuffle=True, num_workers=2, persistent_workers=True, timeout=120
     )
     peaks: list[dict[int, int]] = []
+    fetched: dict[int, int] = {}
     for _ in range(10):
         epoch: dict[int, int] = {}
         frames = 0
-        for batch, mem, pid in loader:
+        before = sum(fetched.values())
+        for batch, mem, pid, chunks in loader:
             frames += len(batch)
-            for m, p in zip(mem.tolist(), pid.tolist(), strict=True):
+            for m, p, c in zip(mem.tolist(), pid.tolist(), chunks.tolist(), strict=True):
                 epoch[p] = max(epoch.get(p, 0), m)
+                fetched[p] = max(fetched.get(p, 0), c)
         assert frames == 3000
+        assert sum(fetched.values()) - before >= CHUNKS - 2 * CACHED, "the epoch read the stores again"
         peaks.append(epoch)
     assert len(peaks[-1]) == 2 and set(peaks[1]) == set(peaks[-1]), "the same two workers"
     for pid in peaks[-1]:
