@@ -3,12 +3,16 @@ any invalid one raises IndexError or ValueError, never a crash or a hang."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 
+import numcodecs
 import numpy as np
 import zarr
+import zarr.testing.strategies as zst
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from zarr_torch import SelectionIndex, ZarrFrameDataset
 
@@ -133,3 +137,50 @@ def test_any_window_is_the_reference(lengths, window, stride, pads, chunk, picks
         batch = picks.draw(st.lists(st.integers(0, len(ds) - 1), max_size=20))
         for i, got in zip(batch, ds.__getitems__(batch), strict=True):
             np.testing.assert_array_equal(got.numpy(), expected[i])
+
+
+# -- any dtype, byte order, codec and shard layout zarr writes ---------------------------
+
+V3_COMPRESSORS = [None, ZstdCodec(level=1), BloscCodec(cname="lz4"), GzipCodec(level=1)]
+V2_COMPRESSORS = [None, numcodecs.Zstd(level=1), numcodecs.Blosc(cname="zstd"), numcodecs.GZip(level=1)]
+
+
+@st.composite
+def zarr_arrays(draw) -> str:
+    """A store holding one array drawn with ``zarr.testing.strategies``: a numeric dtype of
+    either byte order, its values, chunks, shards (v3) and a compressor; its URI."""
+    dtype = draw(zst.dtypes().filter(lambda d: d.kind in "biufc"))
+    if dtype.itemsize > 1:
+        dtype = dtype.newbyteorder(draw(st.sampled_from("<>")))
+    zarr_format = draw(st.sampled_from([2, 3]))
+    shape = (draw(st.integers(1, 12)), *draw(st.lists(st.integers(1, 5), max_size=2)))
+    values = draw(zst.numpy_arrays(shapes=st.just(shape), dtype=dtype))
+    chunks = draw(zst.chunk_shapes(shape=shape))
+    shards = draw(st.none() | zst.shard_shapes(shape=shape, chunk_shape=chunks)) if zarr_format == 3 else None
+    compressor = draw(st.sampled_from(V3_COMPRESSORS if zarr_format == 3 else V2_COMPRESSORS))
+    uri = f"{tempfile.mkdtemp(prefix='zt-fuzz-')}/a.zarr"
+    zarr.create_array(
+        uri,
+        data=values,
+        chunks=chunks,
+        shards=shards,
+        compressors=compressor,
+        zarr_format=zarr_format,
+        config={"write_empty_chunks": draw(st.booleans())},
+    )
+    return uri
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(uri=zarr_arrays(), picks=st.data())
+def test_any_zarr_array_reads_as_zarr_reads_it(uri, picks):
+    try:
+        expected = zarr.open_array(uri, mode="r")[:]
+        ds = ZarrFrameDataset([uri])
+        batch = picks.draw(st.lists(st.integers(0, len(expected) - 1), min_size=1, max_size=20))
+        got = ds.__getitems__(batch)
+        for i, frame in zip(batch, got, strict=True):
+            assert frame.numpy().dtype == expected.dtype.newbyteorder("=")
+            np.testing.assert_array_equal(frame.numpy(), expected[i])
+    finally:
+        shutil.rmtree(uri.rsplit("/", 1)[0], ignore_errors=True)

@@ -18,10 +18,13 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from checks import assert_every_frame_once
 from conftest import SIZE, reference
 from torch.utils.data import DataLoader
+from zarr.core.buffer.cpu import Buffer
+from zarr.storage import LocalStore
+from zarr.testing.store import StoreTests
 
 from zarr_torch import ZarrFrameDataset
 from zarr_torch.errors import ReadError
-from zarr_torch.storage import RetryPolicy, is_transient, retrying
+from zarr_torch.storage import ReliableStore, RetryPolicy, is_transient, retrying
 from zarr_torch.synth import write_stores
 from zarr_torch.testing import FaultProxy, every_nth, failing_keys
 
@@ -219,3 +222,39 @@ def test_build_reports_missing_chunks(tmp_path):
     ):
         SelectionIndex.build(root, array=ARRAY, check_chunks=True)
     assert len(SelectionIndex.build(root, array=ARRAY)) == 24, "unchecked builds do not list"
+
+
+# -- zarr's store conformance suite ------------------------------------------------------
+
+
+class TestReliableStoreConformance(StoreTests[ReliableStore, Buffer]):
+    """zarr's own ``StoreTests`` over a ReliableStore wrapping a LocalStore: the wrapper
+    reads, lists and writes exactly as the store it wraps."""
+
+    store_cls = ReliableStore
+    buffer_cls = Buffer
+
+    async def get(self, store: ReliableStore, key: str) -> Buffer:
+        return self.buffer_cls.from_bytes((store._store.root / key).read_bytes())
+
+    async def set(self, store: ReliableStore, key: str, value: Buffer) -> None:
+        path = store._store.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(value.to_bytes())
+
+    @pytest.fixture
+    def store_kwargs(self, tmp_path) -> dict:
+        return {"store": LocalStore(str(tmp_path))}
+
+    @pytest.fixture
+    def open_kwargs(self, tmp_path) -> dict:
+        return {"store_cls": LocalStore, "root": str(tmp_path)}
+
+    def test_store_supports_writes(self, store: ReliableStore) -> None:
+        assert store.supports_writes
+
+    def test_store_supports_listing(self, store: ReliableStore) -> None:
+        assert store.supports_listing
+
+    def test_store_repr(self, store: ReliableStore) -> None:
+        assert repr(store) == f"ReliableStore({store._store!r})"
