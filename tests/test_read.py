@@ -332,6 +332,18 @@ def test_a_store_deleted_under_a_running_dataset_is_an_error_not_black_frames(tm
     assert isinstance(err.value.__cause__, FileNotFoundError)
 
 
+def test_a_store_deleted_between_epochs_of_persistent_workers_is_an_error(tmp_path):
+    import shutil
+
+    write_stores(str(tmp_path / "s"), stores=2, frames=8, size=SIZE, chunk=1)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
+    loader = DataLoader(ds, batch_size=4, num_workers=2, persistent_workers=True, timeout=60)
+    np.testing.assert_array_equal(torch.cat(list(loader)).numpy(), reference(2, 8))
+    shutil.rmtree(tmp_path / "s" / "episode_00001.zarr")  # the workers have it open
+    with pytest.raises(ReadError, match=r"sample 8: .*episode_00001\.zarr.*metadata .* is gone"):
+        list(loader)
+
+
 def test_a_store_deleted_from_s3_under_a_running_dataset_is_an_error(s3_bucket, s3_options):
     import s3fs
 
