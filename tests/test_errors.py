@@ -108,6 +108,22 @@ def test_skip_through_workers_counts_every_process(corrupt_stores):
     assert ds.skip_summary() == {f"{corrupt_stores}/episode_00000.zarr": 4}
 
 
+def test_a_store_that_shrank_after_indexing_skips_its_lost_frames_in_workers(tmp_path):
+    import zarr
+
+    root = str(tmp_path / "s")
+    write_stores(root, stores=STORES, frames=FRAMES, size=SIZE, chunk=4)
+    ds = ZarrFrameDataset(root, array=ARRAY, on_error="skip")
+    shrunk = zarr.open_array(f"{root}/episode_00001.zarr/{ARRAY}", mode="r+")
+    shrunk.resize((5, *shrunk.shape[1:]))  # frames 5-11 of store 1 are gone
+    loader = DataLoader(ds, batch_size=4, num_workers=2, timeout=60, collate_fn=skip_collate)
+    got = torch.cat([b for b in loader if b is not None]).numpy()
+    np.testing.assert_array_equal(got, reference(STORES, FRAMES)[: FRAMES + 5])
+    assert ds.skip_summary() == {f"{root}/episode_00001.zarr": FRAMES - 5}
+    with pytest.raises(ValueError, match=r"episode_00001.zarr' has shape \(5, "):
+        ds.index.validate()
+
+
 def test_bad_on_error():
     with pytest.raises(ValueError, match="on_error must be 'raise' or 'skip', not 'ignore'"):
         ZarrFrameDataset([], on_error="ignore")
