@@ -137,9 +137,10 @@ def test_keys_failing_six_times_in_a_row(s3_stores, s3_options, s3_endpoint):
             n for (method, path), n in proxy.requests.items() if method == "GET" and chunk_key(path)
         ]
         assert len(chunk_gets) == STORES * FRAMES // 4
-        # 6 failures and 1 success, each one request (a stacked layer would make 7 x 5 or more);
-        # a connection the local servers drop under load may add a try.
-        assert min(chunk_gets) == 7 and max(chunk_gets) <= 9, chunk_gets
+        # 6 failures, then 1 success in each worker that reads the chunk (a retry layer
+        # stacked under zarr_torch's would make 7 x 5 or more); a connection the local
+        # servers drop under load may add a try.
+        assert min(chunk_gets) >= 7 and max(chunk_gets) <= 9, chunk_gets
 
 
 def test_a_key_that_never_recovers_is_a_read_error(s3_stores, s3_options, s3_endpoint):

@@ -23,7 +23,7 @@ from zarr_torch import process, read, redact, windows
 from zarr_torch.cache import CACHE_BYTES
 from zarr_torch.errors import ReadError, SkipLog
 from zarr_torch.index import SelectionIndex, Source
-from zarr_torch.models import Media, ZarrSelection
+from zarr_torch.models import Media, ZarrSelection, ZarrStore
 from zarr_torch.storage import RetryPolicy
 
 DatasetSource = SelectionIndex | Source | Sequence[ZarrSelection]
@@ -99,9 +99,10 @@ class ZarrFrameDataset(Dataset):
         self.index = next(iter(self.indexes.values()))
         if isinstance(transform, Mapping) and (arrays is None or set(transform) - set(arrays)):
             raise ValueError(f"per-key transforms {sorted(transform)} need arrays with those keys")
-        for key, index in self.indexes.items():
-            if transform is None or (isinstance(transform, Mapping) and key not in transform):
-                _check_one_kind(index)
+        if _builds_index(source):  # a prebuilt index or selection list may mix kinds on purpose
+            for key, index in self.indexes.items():
+                if transform is None or (isinstance(transform, Mapping) and key not in transform):
+                    _check_one_kind(index)
         self.transform = transform
         self.on_error = on_error
         self.strict = strict
@@ -298,6 +299,14 @@ def _tensor(frame: np.ndarray) -> torch.Tensor:
     if frame.flags.c_contiguous and frame.flags.writeable:  # a view of the batch: no copy
         return torch.from_numpy(frame)
     return torch.from_numpy(np.require(frame, requirements=["C", "W"]))
+
+
+def _builds_index(source: DatasetSource) -> bool:
+    """True when ``source`` names stores (the dataset builds their index), not a prebuilt
+    ``SelectionIndex`` or a list of selections."""
+    if isinstance(source, SelectionIndex):
+        return False
+    return isinstance(source, str | ZarrStore) or not all(isinstance(s, ZarrSelection) for s in source)
 
 
 def _check_one_kind(index: SelectionIndex) -> None:

@@ -87,17 +87,17 @@ async def open_node(
     store = get_store(uri, storage_options)
     try:
         return await zasync.open(store=store, path=path, mode="r", zarr_format=zarr_format)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ValueError(
-            f"unreadable Zarr metadata of {path or '/'!r} in store {redact_uri(uri)!r}: "
-            f"{type(exc).__name__}: {scrub(str(exc), storage_options)}"
-        ) from exc
     except (FileNotFoundError, NodeNotFoundError) as exc:
         shown = redact_uri(uri)
         if path and await _store_exists(store):
             raise FileNotFoundError(f"no Zarr array or group {path!r} in store {shown!r}") from exc
         raise FileNotFoundError(
             f"no Zarr store at {shown!r} (no zarr.json, .zgroup or .zarray found)"
+        ) from exc
+    except (ValueError, TypeError, KeyError) as exc:  # after not-found: zarr's are ValueErrors too
+        raise ValueError(
+            f"unreadable Zarr metadata of {path or '/'!r} in store {redact_uri(uri)!r}: "
+            f"{type(exc).__name__}: {scrub(str(exc), storage_options)}"
         ) from exc
     except Exception as exc:  # the store could not be reached: say which, without secrets
         raise OSError(
