@@ -393,6 +393,18 @@ def test_unreadable_metadata_is_named_by_build_and_changed_for_verify(local_stor
         built(local_stores)
 
 
+def test_validate_names_a_dtype_change_as_verify_does(local_stores):
+    index = built(local_stores)
+    uri = f"{local_stores}/episode_00001.zarr"
+    old = zarr.open_array(f"{uri}/{ARRAY}", mode="r")
+    zarr.create_array(uri, name=ARRAY, data=old[:].astype("uint16"), chunks=old.chunks, overwrite=True)
+    assert index.verify() == [uri]
+    with pytest.raises(
+        ValueError, match=r"episode_00001.zarr' has dtype uint16, but the index expects uint8"
+    ):
+        index.validate()
+
+
 def test_metadata_claiming_too_many_frames_is_named_not_allocated(local_stores):
     meta = f"{local_stores}/episode_00002.zarr/{ARRAY}/zarr.json"
     with open(meta) as f:
