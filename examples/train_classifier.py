@@ -66,6 +66,7 @@ def main() -> None:
         shuffle=True,
         num_workers=args.workers,
         persistent_workers=args.workers > 0,
+        multiprocessing_context="forkserver" if args.workers else None,  # see README: Workers
     )
     model = tiny_cnn(len(frames.index.arrays))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)

@@ -684,7 +684,9 @@ def _read_entries(
     show = len(stores) >= PROGRESS_MIN_STORES if progress is None else progress
 
     async def read_all() -> list[ArrayEntry]:
-        bar = tqdm(total=len(stores), desc="reading metadata", unit="store", disable=not show)
+        # Made only when shown: even a disabled tqdm starts its monitor thread, which a
+        # DataLoader worker forked later would inherit mid-lock.
+        bar = tqdm(total=len(stores), desc="reading metadata", unit="store") if show else None
 
         async def one(i: int, store: ZarrStore, zarr_format: int | None) -> AsyncArray:
             try:
@@ -695,7 +697,8 @@ def _read_entries(
                 if zarr_format is None:
                     raise
                 arr = await open_array(store.uri, path, store.storage_options, refresh=True)
-            bar.update()
+            if bar is not None:
+                bar.update()
             if arr.ndim == 0:
                 raise ValueError(f"array {path!r} in store {redact.redact_uri(store.uri)!r} is 0-d")
             return arr
@@ -705,7 +708,8 @@ def _read_entries(
             zarr_format = first.metadata.zarr_format
             rest = await process.gather_bounded(one(i, s, zarr_format) for i, s in enumerate(stores[1:], 1))
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
         return [
             _entry(i, ZarrArray.from_handle(s, path, arr), media)
             for i, (s, arr) in enumerate(zip(stores, [first, *rest], strict=True))

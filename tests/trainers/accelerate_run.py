@@ -71,7 +71,9 @@ def main() -> None:
     rank = accelerator.process_index
     model = nn.Linear(1, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    loader = DataLoader(ds, batch_size=16, sampler=sampler, num_workers=2)
+    loader = DataLoader(
+        ds, batch_size=16, sampler=sampler, num_workers=2, multiprocessing_context="forkserver"
+    )
     model, optimizer, prepared = accelerator.prepare(model, optimizer, loader)
     progress = Progress()
     accelerator.register_for_checkpointing(progress)

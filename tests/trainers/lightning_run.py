@@ -5,7 +5,8 @@
 
 ``Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2)`` starts the second
 rank itself by running this script again. The loader is
-``DataLoader(ds, batch_size=16, sampler=ChunkAwareSampler(ds), num_workers=2)`` (or the
+``DataLoader(ds, batch_size=16, sampler=ChunkAwareSampler(ds), num_workers=2,
+multiprocessing_context="forkserver")`` (as the README recommends; or the
 same ``StatefulDataLoader``), returned by ``train_dataloader()`` (``--loader hook``) or
 built at the top of the script and given to ``trainer.fit`` (``--loader top``). Every
 rank records every frame of every batch it trains on in ``OUT/rank<r>.jsonl``.
@@ -31,7 +32,9 @@ from zarr_torch import ChunkAwareSampler, ZarrFrameDataset
 
 def make_loader(ds: ZarrFrameDataset, stateful: bool) -> DataLoader:
     cls = StatefulDataLoader if stateful else DataLoader
-    return cls(ds, batch_size=16, sampler=ChunkAwareSampler(ds), num_workers=2)
+    return cls(
+        ds, batch_size=16, sampler=ChunkAwareSampler(ds), num_workers=2, multiprocessing_context="forkserver"
+    )
 
 
 class Tiny(L.LightningModule):
