@@ -6,6 +6,7 @@ import logging
 import multiprocessing
 import pickle
 
+import numcodecs
 import numpy as np
 import pytest
 import torch
@@ -173,3 +174,53 @@ def test_no_credentials_anywhere(s3_bucket, s3_options, tmp_path, capsys, caplog
     for text in shown:
         for secret in PLANTED.values():
             assert secret not in text
+
+
+class PlainCodec(numcodecs.abc.Codec):
+    """A codec registered only in the process that runs the tests: spawn workers lack it."""
+
+    codec_id = "zarr_torch_test_plain"
+
+    def encode(self, buf):
+        return bytes(memoryview(buf).cast("B"))
+
+    def decode(self, buf, out=None):
+        return numcodecs.compat.ndarray_copy(buf, out) if out is not None else bytes(buf)
+
+
+UNKNOWN = r"uses codec '{}', which is not registered in this process: install the package that provides it"
+
+
+def test_an_unknown_codec_is_named_with_how_to_register_it(tmp_path):
+    import json
+
+    import zarr
+
+    uri = str(tmp_path / "v3.zarr")
+    zarr.create_array(uri, data=np.zeros((4, 8), dtype="u1"), chunks=(1, 8))
+    meta = json.loads((tmp_path / "v3.zarr" / "zarr.json").read_text())
+    meta["codecs"].append({"name": "jpegxl_not_installed", "configuration": {}})
+    (tmp_path / "v3.zarr" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        ValueError, match=r"array '/' in store '.*v3.zarr' " + UNKNOWN.format("jpegxl_not_installed")
+    ):
+        ZarrFrameDataset([uri])
+
+
+def test_a_codec_registered_only_in_the_main_script_is_named_in_spawn_workers(tmp_path):
+    import zarr
+
+    numcodecs.register_codec(PlainCodec)
+    uri = str(tmp_path / "v2.zarr")
+    zarr.create_array(
+        uri,
+        data=np.arange(32, dtype="u1").reshape(4, 8),
+        chunks=(1, 8),
+        compressors=PlainCodec(),
+        zarr_format=2,
+    )
+    ds = ZarrFrameDataset([uri])
+    np.testing.assert_array_equal(ds[1].numpy(), np.arange(8, 16))  # registered here
+    loader = DataLoader(ds, batch_size=2, num_workers=1, timeout=60, multiprocessing_context="spawn")
+    with pytest.raises(ReadError, match=r"sample 0: .*v2.zarr.*" + UNKNOWN.format("zarr_torch_test_plain")):
+        list(loader)

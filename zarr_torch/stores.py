@@ -95,6 +95,8 @@ async def open_node(
             f"no Zarr store at {shown!r} (no zarr.json, .zgroup or .zarray found)"
         ) from exc
     except (ValueError, TypeError, KeyError) as exc:  # after not-found: zarr's are ValueErrors too
+        if type(exc).__name__ == "UnknownCodecError":  # zarr's (v3) and numcodecs' (v2)
+            raise ValueError(_unknown_codec(uri, path, exc)) from exc
         raise ValueError(
             f"unreadable Zarr metadata of {path or '/'!r} in store {redact_uri(uri)!r}: "
             f"{type(exc).__name__}: {scrub(str(exc), storage_options)}"
@@ -104,6 +106,19 @@ async def open_node(
             f"cannot open {path or '/'!r} in store {redact_uri(uri)!r}: "
             f"{type(exc).__name__}: {scrub(str(exc), storage_options)}"
         ) from exc
+
+
+def _unknown_codec(uri: str, path: str, exc: BaseException) -> str:
+    names = re.findall(r"'+([^']+)'+", str(exc))
+    codec = str(getattr(exc, "codec_id", None) or (names[-1] if names else exc)).strip("'\"")
+    return (
+        f"array {path or '/'!r} in store {redact_uri(uri)!r} uses codec {codec!r}, which is not "
+        "registered in this process: install the package that provides it and register it "
+        "(numcodecs.register_codec, or for imagecodecs' JPEG-XL and the like "
+        "imagecodecs.numcodecs.register_codecs()) in a module that DataLoader workers import too "
+        "(the module of your transform, or worker_init_fn): spawn and forkserver workers start "
+        "without the main script's registrations"
+    )
 
 
 async def _store_exists(store: Store) -> bool:
