@@ -183,3 +183,60 @@ def test_selections_from_a_store_that_vanished(local_stores, tmp_path):
     shutil.rmtree(sels[-1].array.store.uri)
     with pytest.raises(FileNotFoundError, match=r"episode_00002.zarr"):
         ZarrFrameDataset(sels)
+
+
+# -- zipped stores (UMI's replay buffers) ------------------------------------------------
+
+
+@pytest.fixture
+def zipped(tmp_path) -> tuple[str, list[str]]:
+    """Two v2 replay buffers (episodes of 5+3 and 7 frames) zipped as UMI ships them; the
+    folder holding the zips, and the directory stores they came from."""
+    from zarr_torch.synth import write_store, zip_store
+
+    dirs = [
+        write_store(str(tmp_path / "dirs" / f"ep{i}.zarr"), i, lengths, size=SIZE, chunk=2, zarr_format=2)
+        for i, lengths in enumerate([[5, 3], [7]])
+    ]
+    for d in dirs:
+        zip_store(d, str(tmp_path / "zips" / (d.rsplit("/", 1)[-1] + ".zip")))
+    return str(tmp_path / "zips"), dirs
+
+
+def every_frame(ds: ZarrFrameDataset) -> np.ndarray:
+    return np.stack([t.numpy() for t in ds.__getitems__(list(range(len(ds))))])
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_zipped_stores_read_as_zarr_reads_them_through_workers(zipped, context):
+    import zarr
+
+    folder, dirs = zipped
+    ds = ZarrFrameDataset(folder, array=ARRAY)
+    assert [s.uri for s in ds.index.stores] == [f"{folder}/ep0.zarr.zip", f"{folder}/ep1.zarr.zip"]
+    zips = [zarr.storage.ZipStore(f"{folder}/ep{i}.zarr.zip", mode="r") for i in (0, 1)]
+    expected = np.concatenate([zarr.open_array(z, path=ARRAY, mode="r")[:] for z in zips])  # zarr's own read
+    np.testing.assert_array_equal(every_frame(ds), expected)
+    np.testing.assert_array_equal(expected, every_frame(ZarrFrameDataset(dirs, array=ARRAY)))
+    loader = DataLoader(ds, batch_size=4, num_workers=2, timeout=60, multiprocessing_context=context)
+    np.testing.assert_array_equal(torch.cat(list(loader)).numpy(), expected)
+
+
+def test_zipped_stores_by_path_url_windows_and_saved_index(zipped, tmp_path):
+    import pathlib
+
+    folder, dirs = zipped
+    sources = [f"zip::file://{folder}/ep0.zarr.zip", pathlib.Path(folder) / "ep1.zarr.zip"]
+    windows = dict(array=ARRAY, window=3, episode_ends="meta/episode_ends")
+    np.testing.assert_array_equal(
+        every_frame(ZarrFrameDataset(sources, **windows)), every_frame(ZarrFrameDataset(dirs, **windows))
+    )
+    SelectionIndex.build(folder, array=ARRAY).save(tmp_path / "zips.zti")
+    reloaded = ZarrFrameDataset(SelectionIndex.load(tmp_path / "zips.zti"))
+    np.testing.assert_array_equal(every_frame(reloaded), every_frame(ZarrFrameDataset(dirs, array=ARRAY)))
+
+
+@pytest.mark.parametrize("source", [42, b"data/", [1.5]])
+def test_a_source_of_another_type_says_what_is_accepted(source):
+    with pytest.raises(TypeError, match=r"a (source is|list of stores holds) (a )?URIs?, (a )?paths?"):
+        ZarrFrameDataset(source, array=ARRAY)

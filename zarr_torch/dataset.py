@@ -23,7 +23,7 @@ from zarr_torch import process, read, redact, windows
 from zarr_torch.cache import CACHE_BYTES
 from zarr_torch.errors import ReadError, SkipLog
 from zarr_torch.index import SelectionIndex, Source
-from zarr_torch.models import Media, ZarrSelection, ZarrStore
+from zarr_torch.models import Media, ZarrSelection
 from zarr_torch.storage import RetryPolicy
 
 DatasetSource = SelectionIndex | Source | Sequence[ZarrSelection]
@@ -303,10 +303,11 @@ def _tensor(frame: np.ndarray) -> torch.Tensor:
 
 def _builds_index(source: DatasetSource) -> bool:
     """True when ``source`` names stores (the dataset builds their index), not a prebuilt
-    ``SelectionIndex`` or a list of selections."""
+    ``SelectionIndex`` or a non-empty list of selections."""
     if isinstance(source, SelectionIndex):
         return False
-    return isinstance(source, str | ZarrStore) or not all(isinstance(s, ZarrSelection) for s in source)
+    selections = isinstance(source, Sequence) and not isinstance(source, str) and bool(source)
+    return not (selections and all(isinstance(s, ZarrSelection) for s in source))
 
 
 def _check_one_kind(index: SelectionIndex) -> None:
@@ -348,20 +349,16 @@ def _to_index(
     storage_options: dict[str, Any] | None,
     windowing: dict[str, Any],
 ) -> SelectionIndex:
-    built = isinstance(source, SelectionIndex) or (
-        not isinstance(source, str) and bool(source) and all(isinstance(s, ZarrSelection) for s in source)
-    )
-    if built and windowing != NO_WINDOW:
+    if _builds_index(source):
+        return SelectionIndex.build(
+            source, array=array, media=media, storage_options=storage_options, **windowing
+        )
+    if windowing != NO_WINDOW:
         raise ValueError("windows are made when an index is built: pass window= to SelectionIndex.build")
     if isinstance(source, SelectionIndex):
         return source if storage_options is None else source.with_storage_options(storage_options)
-    items = [source] if isinstance(source, str) else list(source)
-    if items and all(isinstance(s, ZarrSelection) for s in items):
-        index = SelectionIndex.from_selections(items)
-        if storage_options is not None:
-            index = index.with_storage_options(storage_options)
-        index.validate()
-        return index
-    return SelectionIndex.build(
-        source, array=array, media=media, storage_options=storage_options, **windowing
-    )
+    index = SelectionIndex.from_selections(source)
+    if storage_options is not None:
+        index = index.with_storage_options(storage_options)
+    index.validate()
+    return index

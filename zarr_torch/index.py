@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -575,15 +576,27 @@ async def _fresh_metas(store: ZarrStore, paths: list[str]) -> list[Meta] | None:
 
 
 def resolve_stores(source: Source, storage_options: dict[str, Any] | None = None) -> list[ZarrStore]:
-    """The stores named by ``source``: a prefix or store URI, or a list of URIs/stores."""
+    """The stores named by ``source``: a prefix or store URI (a ``str`` or path), or a list
+    of URIs, paths or ``ZarrStore``; ``TypeError`` for anything else."""
     if isinstance(source, ZarrStore):
         source = [source]
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
     if isinstance(source, str):
         stores = read_zarr(source, storage_options)
         if not stores:
             raise ValueError(f"no Zarr stores under {redact.redact_uri(source)!r}")
         return stores
-    stores = [s if isinstance(s, ZarrStore) else ZarrStore(uri=str(s)) for s in source]
+    if isinstance(source, bytes) or not isinstance(source, Sequence):
+        raise TypeError(
+            f"a source is a URI, a path, a ZarrStore or a list of them, not {type(source).__name__}"
+        )
+    for s in source:
+        if not isinstance(s, str | os.PathLike | ZarrStore):
+            raise TypeError(
+                f"a list of stores holds URIs, paths or ZarrStores, not {type(s).__name__} ({s!r:.80})"
+            )
+    stores = [s if isinstance(s, ZarrStore) else ZarrStore(uri=os.fspath(s)) for s in source]
     if storage_options is not None:
         stores = [replace_options(s, storage_options) for s in stores]
     if not stores:

@@ -182,14 +182,20 @@ def read_zarr(uri: str, storage_options: dict[str, Any] | None = None) -> list[Z
     """Every Zarr store root under ``uri`` (a path or fsspec URL), sorted by URI.
 
     A store root is a directory holding ``zarr.json``, ``.zgroup`` or ``.zarray`` that is
-    not inside another store; groups inside a store are never returned. Each level of the
-    tree is listed concurrently. Raises ``FileNotFoundError`` if ``uri`` does not exist.
+    not inside another store, or a zipped store (a ``.zip`` file, as UMI's replay buffers
+    ``*.zarr.zip``); groups inside a store are never returned. Each level of the tree is
+    listed concurrently. A ``uri`` that is itself a zipped store (``ep.zarr.zip``, a
+    ``zip::`` URL) gives that store. Raises ``FileNotFoundError`` if ``uri`` does not exist.
 
         stores = read_zarr("s3://bucket/episodes/", {"anon": True})
     """
     options = dict(storage_options or {})
+    if uri.startswith("zip::"):
+        return [ZarrStore(uri=uri, storage_options=options)]
     fs, root = fsspec.url_to_fs(uri, **options)
     root = root.rstrip("/") or root
+    if root.endswith(".zip") and fs.isfile(root):
+        return [ZarrStore(uri=uri, storage_options=options)]
     if not fs.isdir(root):
         raise FileNotFoundError(f"no directory at {redact.redact_uri(uri)!r}")
 
@@ -208,8 +214,13 @@ def read_zarr(uri: str, storage_options: dict[str, Any] | None = None) -> list[Z
                 names = {e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries}
                 if names & ROOT_MARKERS:
                     found.append(path)
-                else:
-                    next_level += [e["name"].rstrip("/") for e in entries if e["type"] == "directory"]
+                    continue
+                for e in entries:
+                    name = e["name"].rstrip("/")
+                    if e["type"] == "directory":
+                        next_level.append(name)
+                    elif name.endswith(".zip"):
+                        found.append(name)
             level = next_level
     return [ZarrStore(uri=unstrip(p), storage_options=options) for p in sorted(found)]
 

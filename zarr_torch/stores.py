@@ -16,7 +16,7 @@ from zarr.abc.store import Store
 from zarr.core.array import AsyncArray
 from zarr.core.group import AsyncGroup
 from zarr.errors import NodeNotFoundError
-from zarr.storage import FsspecStore, LocalStore
+from zarr.storage import FsspecStore, LocalStore, ZipStore
 
 from zarr_torch.process import gather_bounded, process_state, run
 from zarr_torch.redact import redact_uri, scrub
@@ -28,8 +28,13 @@ S3_CONNECTIONS = 64
 
 
 def is_local(uri: str) -> bool:
-    """True for a plain path or a ``file://`` URL."""
+    """True for a plain path or a ``file://`` URL (a zipped store's too)."""
     return "://" not in uri or uri.startswith("file://")
+
+
+def is_zip(uri: str) -> bool:
+    """True for a zipped store: a ``zip::`` URL, or a local path ending in ``.zip``."""
+    return uri.startswith("zip::") or (is_local(uri) and uri.rstrip("/").endswith(".zip"))
 
 
 def local_path(uri: str) -> str:
@@ -43,7 +48,13 @@ def options_key(options: Options | None) -> str:
 
 
 def make_store(uri: str, storage_options: Options | None = None, *, read_only: bool = True) -> Store:
-    """A zarr store for ``uri``: a local path, ``file://`` or any fsspec URL."""
+    """A zarr store for ``uri``: a local path, ``file://``, a zipped store (``ep.zarr.zip``,
+    ``zip::file:///ep.zarr.zip``, ``zip::s3://bucket/ep.zarr.zip``) or any fsspec URL."""
+    if is_zip(uri):
+        inner = uri.removeprefix("zip::")
+        if is_local(inner):  # zarr's ZipStore: one open zip file, its members read in place
+            return ZipStore(local_path(inner), mode="r" if read_only else "a")
+        return FsspecStore.from_url(uri, storage_options=dict(storage_options or {}), read_only=True)
     if is_local(uri):
         return LocalStore(local_path(uri), read_only=read_only)
     options = dict(storage_options or {})

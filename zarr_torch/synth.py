@@ -7,11 +7,14 @@ number and the frame number, and :func:`make_frames` recomputes any store's fram
 
     uris = write_stores("data/", stores=4, frames=64, size=96, chunk=16)
     expected = make_frames(store=2, frames=64, size=96)
+    zip_store(uris[0], "zips/episode_00000.zarr.zip")  # as UMI ships a replay buffer
 """
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numcodecs
@@ -185,6 +188,21 @@ def write_metadata_stores(
         bar.close()
 
 
+def zip_store(uri: str, path: str) -> str:
+    """Zip the local store at ``uri`` into ``path`` as UMI ships its replay buffers
+    (``dataset.zarr.zip``: members stored uncompressed, keys relative to the store root);
+    return ``path``.
+
+        zip_store("data/episode_00000.zarr", "zips/episode_00000.zarr.zip")
+    """
+    root = Path(uri)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for member in sorted(p for p in root.rglob("*") if p.is_file()):
+            archive.write(member, member.relative_to(root).as_posix())
+    return path
+
+
 __all__ = [
     "make_actions",
     "make_frames",
@@ -192,4 +210,5 @@ __all__ = [
     "write_metadata_stores",
     "write_store",
     "write_stores",
+    "zip_store",
 ]
