@@ -236,6 +236,42 @@ def test_zipped_stores_by_path_url_windows_and_saved_index(zipped, tmp_path):
     np.testing.assert_array_equal(every_frame(reloaded), every_frame(ZarrFrameDataset(dirs, array=ARRAY)))
 
 
+@pytest.mark.parametrize("layout", ["v2-blosc", "v3-sharded"])
+def test_zipped_stores_are_read_in_place(tmp_path, layout):
+    """Members stored uncompressed are read with positioned reads of the zip file (the
+    counter says so), sharded ones by byte ranges of their shard; the pixels are zarr's."""
+    import zarr
+
+    from zarr_torch.synth import write_store, zip_store
+
+    options = {"zarr_format": 2, "codec": "blosc"} if layout == "v2-blosc" else {"shard": 8}
+    store = write_store(str(tmp_path / "ep.zarr"), 3, [24], size=SIZE, chunk=2, **options)
+    zipped = zip_store(store, str(tmp_path / "ep.zarr.zip"))
+    ds = ZarrFrameDataset(zipped, array=ARRAY)
+    before = ds.stats()
+    got = every_frame(ds)
+    after = ds.stats()
+    np.testing.assert_array_equal(got, zarr.open_array(store, path=ARRAY, mode="r")[:])
+    assert after["reads_in_place"] - before["reads_in_place"] >= 12 / (4 if layout == "v3-sharded" else 1)
+    if layout == "v3-sharded":
+        assert after["shard_indexes_fetched"] - before["shard_indexes_fetched"] == 3
+
+
+def test_a_zip_of_compressed_members_reads_through_the_store(tmp_path):
+    import shutil
+
+    import zarr
+
+    from zarr_torch.synth import write_store
+
+    store = write_store(str(tmp_path / "ep.zarr"), 1, [6], size=SIZE, chunk=2)
+    zipped = shutil.make_archive(str(tmp_path / "deflated.zarr"), "zip", store)  # ZIP_DEFLATED members
+    ds = ZarrFrameDataset(zipped, array=ARRAY)
+    before = ds.stats()["reads_in_place"]
+    np.testing.assert_array_equal(every_frame(ds), zarr.open_array(store, path=ARRAY, mode="r")[:])
+    assert ds.stats()["reads_in_place"] == before, "compressed members cannot be read in place"
+
+
 @pytest.mark.parametrize("source", [42, b"data/", [1.5]])
 def test_a_source_of_another_type_says_what_is_accepted(source):
     with pytest.raises(TypeError, match=r"a (source is|list of stores holds) (a )?URIs?, (a )?paths?"):

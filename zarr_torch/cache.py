@@ -30,6 +30,8 @@ class ReadStats:
     chunks_fetched: int = 0
     bytes_fetched: int = 0
     ranges_fetched: int = 0
+    #: files, zip members and shard ranges read in place, without going through the store
+    reads_in_place: int = 0
     shard_indexes_fetched: int = 0
     chunks_absent: int = 0
     chunks_decoded_direct: int = 0

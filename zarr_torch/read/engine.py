@@ -148,7 +148,7 @@ class _ArrayRead:
         }
         self.layout, self.positions, self.starts = layout, positions[~bad], starts[~bad]
         self.span, self.batch, self.strict, self.budget = span, batch, strict, budget
-        self.local = layout.root is not None and layout.decoder is not None
+        self.local = layout.files is not None and layout.decoder is not None
         self.tasks: list[Task] = []
         self.units: list[Unit] = []
         self.settled: dict[int, BaseException | None] = {}
@@ -216,7 +216,7 @@ async def _run_local(reads: list[_ArrayRead], budget: _Budget) -> None:
     for part in parts:
         for r, i, outcome in part:
             r.settled[i] = outcome
-    state.stats.add(ranges_fetched=sum(u.start is not None for _, u in work))
+    state.stats.add(ranges_fetched=sum(u.start is not None for _, u in work), reads_in_place=len(work))
 
 
 def _local_units(work: list[tuple[_ArrayRead, Unit]]) -> list[tuple[_ArrayRead, int, BaseException | None]]:
@@ -306,10 +306,13 @@ class _Decode:
         loop = asyncio.get_running_loop()
         read = (
             (lambda u: loop.run_in_executor(self.budget.pool, read_local, self.layout, u))
-            if (self.layout.root is not None)
+            if (self.layout.files is not None)
             else (lambda u: read_remote(self.layout, u))
         )
-        state.stats.add(ranges_fetched=sum(u.start is not None for u in units))
+        state.stats.add(
+            ranges_fetched=sum(u.start is not None for u in units),
+            reads_in_place=len(units) if self.layout.files is not None else 0,
+        )
         if self.layout.decoder is None:
             raws = await asyncio.gather(*map(read, units), return_exceptions=True)
             return await self._by_zarr(units, raws)

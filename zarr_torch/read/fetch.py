@@ -3,8 +3,9 @@
 Unsharded chunks are whole objects. A sharded array's chunks are byte ranges of their
 shard, found in the shard's index, which each process reads once per shard and keeps
 (within a byte budget); ranges of one shard that are adjacent (or nearly) are fetched
-as one. Local stores are read with plain (positioned) file reads on the decode threads;
-other stores through the retrying store wrapper, all requests of a batch concurrently.
+as one. Local stores (folders, and zips of uncompressed members) are read in place with
+positioned file reads on the decode threads (:mod:`.files`); other stores through the
+retrying store wrapper, all requests of a batch concurrently.
 
 An absent chunk or shard reads as the fill value, as zarr would (or is a
 ``MissingChunkError`` in strict mode); a shard that exists but is empty, shorter than
@@ -15,8 +16,6 @@ its index says, or a directory, is a :class:`ShardError`.
 
 from __future__ import annotations
 
-import os
-import stat
 import struct
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
 
 from zarr_torch.process import process_state
+from zarr_torch.read.files import IsAFolder
 from zarr_torch.read.layout import Layout
 from zarr_torch.read.plan import Task
 from zarr_torch.storage import MissingChunkError
@@ -116,7 +116,7 @@ async def shard_index(layout: Layout, shard: tuple[int, ...], key: str) -> np.nd
     index = state.shard_indexes.get(cache_key)
     if index is not None:
         return index
-    raw = _local_index(layout, key) if layout.root is not None else await _remote_index(layout, key)
+    raw = _local_index(layout, key) if layout.files is not None else await _remote_index(layout, key)
     if raw is None:
         return None
     index = await _decode_index(layout, raw, key)
@@ -126,20 +126,16 @@ async def shard_index(layout: Layout, shard: tuple[int, ...], key: str) -> np.nd
 
 
 def _local_index(layout: Layout, key: str) -> bytes | None:
-    assert layout.root is not None
+    assert layout.files is not None
     try:
-        fd = os.open(layout.root + key, os.O_RDONLY)
-    except FileNotFoundError:
+        size = layout.files.size(key)
+    except IsAFolder:
+        raise ShardError(f"shard {key!r} is a directory, not a file") from None
+    if size is None:
         return None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise ShardError(f"shard {key!r} is a directory, not a file")
-        _check_size(key, info.st_size, layout.index_size)
-        where = 0 if layout.index_at_start else info.st_size - layout.index_size
-        return os.pread(fd, layout.index_size, where)
-    finally:
-        os.close(fd)
+    _check_size(key, size, layout.index_size)
+    where = 0 if layout.index_at_start else size - layout.index_size
+    return layout.files.span(key, where, where + layout.index_size)
 
 
 async def _remote_index(layout: Layout, key: str) -> bytes | None:
@@ -177,28 +173,18 @@ async def _decode_index(layout: Layout, raw: bytes, key: str) -> np.ndarray:
 
 
 def read_local(layout: Layout, unit: Unit) -> bytes | None:
-    """The bytes of ``unit`` from a local store; None when its object is absent."""
-    assert layout.root is not None
-    try:
-        fd = os.open(layout.root + unit.key, os.O_RDONLY)
-    except FileNotFoundError:
-        if unit.start is not None:
-            raise ShardError(f"shard {unit.key!r} disappeared after its index was read") from None
-        return None
-    try:
-        if unit.start is None:  # a bound on the size saves asking the file system for it
-            data = os.read(fd, layout.read_bound)
-            return data if len(data) < layout.read_bound else data + _read_rest(fd)
-        return _checked(unit, os.pread(fd, unit.stop - unit.start, unit.start))
-    finally:
-        os.close(fd)
-
-
-def _read_rest(fd: int) -> bytes:
-    parts = []
-    while block := os.read(fd, 2**22):
-        parts.append(block)
-    return b"".join(parts)
+    """The bytes of ``unit`` read in place (a folder's file, a zip's member); None when its
+    object is absent."""
+    assert layout.files is not None
+    if unit.start is None:
+        try:
+            return layout.files.whole(unit.key, layout.read_bound)
+        except IsAFolder as exc:
+            raise ShardError(str(exc)) from None
+    data = layout.files.span(unit.key, unit.start, unit.stop)
+    if data is None:
+        raise ShardError(f"shard {unit.key!r} disappeared after its index was read")
+    return _checked(unit, data)
 
 
 async def read_remote(layout: Layout, unit: Unit) -> bytes | None:

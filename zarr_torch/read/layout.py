@@ -3,7 +3,7 @@
 A chunk is the unit zarr decodes: a whole chunk of an unsharded array, or an inner
 chunk of a sharded one, whose bytes sit at a range of its shard named by the shard's
 index. ``Layout`` holds what every batch of the array needs to know: shapes, where the
-store is (a local folder is read with plain file reads), and how to decode.
+store is (a local folder or zip is read in place, see :mod:`.files`), and how to decode.
 
     layout = layout_of(key, arr)
     layout.store_key((3, 0, 0, 0))   # 'data/camera0_rgb/c/3/0/0/0'
@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 from zarr.core.array import AsyncArray
-from zarr.storage import LocalStore
 
 from zarr_torch.process import process_state
 from zarr_torch.read.decode import DirectDecoder, direct_decoder
+from zarr_torch.read.files import FolderFiles, ZipMembers, local_files
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,9 @@ class Layout:
     store: Any
     #: the array's path inside its store ("" at the root).
     path: str
-    #: the folder of a local store (ending in "/"), read with plain file reads; None otherwise.
-    root: str | None
+    #: how to read the store's keys in place (a folder's files, a zip's members); None when
+    #: only the store can read them.
+    files: FolderFiles | ZipMembers | None
     #: for sharded arrays: the sharding codec, its index size and place.
     sharding: Any = None
     index_size: int = 0
@@ -90,8 +91,6 @@ def layout_of(key: Hashable, arr: AsyncArray) -> Layout:
 def _make(key: Hashable, arr: AsyncArray) -> Layout:
     meta = arr.metadata
     store = arr.store_path.store
-    inner = getattr(store, "_store", store)
-    root = f"{inner.root}/" if isinstance(inner, LocalStore) else None
     common = {
         "key": key,
         "meta": meta,
@@ -100,7 +99,7 @@ def _make(key: Hashable, arr: AsyncArray) -> Layout:
         "fill_value": 0 if meta.fill_value is None else meta.fill_value,
         "store": store,
         "path": arr.store_path.path,
-        "root": root,
+        "files": local_files(store),
     }
     chunk = tuple(arr.chunks)
     if meta.zarr_format == 2:
