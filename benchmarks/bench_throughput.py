@@ -51,10 +51,12 @@ from peers_datachain import datachain_peers
 from servers import s3_options, serve_moto, serve_proxy, start
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from zarr_torch import ChunkAwareSampler, ZarrFrameDataset, process
 from zarr_torch.stores import make_store
-from zarr_torch.synth import make_frames, write_stores
+from zarr_torch.synth import make_frames, write_stores, zip_store
 
 ARRAY = "data/camera0_rgb"
 RESULTS = Path(__file__).parent / "results"
@@ -65,7 +67,10 @@ LAYOUTS = {
     "sharded": {"chunk": 1, "shard": 64},
     "tiles": {"chunk": 1, "tile": 112},
     "v2": {"chunk": 1, "zarr_format": 2, "codec": "blosc"},
+    "zip": {"chunk": 1, "zarr_format": 2, "codec": "blosc"},  # then zipped, as UMI ships stores
 }
+#: layouts whose stores are zipped (``*.zarr.zip``) after they are written.
+ZIPPED = {"zip"}
 #: what each reader of a layout returns: the frames it read, batch by batch, in order.
 Frames = list[np.ndarray]
 
@@ -128,6 +133,8 @@ def tensorstore_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) ->
                 "aws_region": "eu-west-1",
                 "aws_credentials": {"type": "environment"},
             }
+        elif uri.endswith(".zip"):
+            kv = {"driver": "zip", "base": f"file://{os.path.abspath(uri)}", "path": f"{ARRAY}/"}
         else:
             kv = {"driver": "file", "path": f"{uri}/{ARRAY}/"}
         return {"driver": "zarr3" if fmt == 3 else "zarr", "kvstore": kv}
@@ -154,17 +161,22 @@ def memmap_reads(frames: np.memmap, order: np.ndarray) -> Frames:
     return out
 
 
+METADATA = ("zarr.json", ".zarray", ".zattrs")
+
+
+async def _keys(arr: zarr.Array) -> list[str]:
+    prefix = f"{arr.store_path.path}/"
+    return sorted([k async for k in arr.store_path.store.list_prefix(prefix)])
+
+
 def raw_decode(ds: ZarrFrameDataset) -> Callable[[], int]:
     """Decode every chunk's bytes (read into memory first) with python-zstandard or
     numcodecs' blosc, on a thread per core: how fast the chunks can be decoded at all."""
     blobs: list[bytes] = []
     for store in ds.index.stores:
-        arr = zarr.open_array(store.uri, path=ARRAY, mode="r")
-        blobs += [
-            p.read_bytes()
-            for p in sorted(Path(store.uri, ARRAY).rglob("*"))
-            if p.is_file() and p.name not in ("zarr.json", ".zarray", ".zattrs")
-        ]
+        arr = zarr.open_array(make_store(store.uri), path=ARRAY, mode="r")
+        keys = [k for k in sync(_keys(arr)) if k.rsplit("/", 1)[-1] not in METADATA]
+        blobs += [sync(arr.store_path.store.get(k, default_buffer_prototype())).to_bytes() for k in keys]
     v2 = arr.metadata.zarr_format == 2
     cores = process.available_cores()
 
@@ -255,6 +267,8 @@ def bench_layout(
         **LAYOUTS[name],
         storage_options=write_options if write_options is not None else options,
     )
+    if name in ZIPPED:
+        uris = [zip_store(u, f"{u}.zip") for u in uris]
     reference = np.concatenate([make_frames(s, frames, 224) for s in range(stores)])
     ds = ZarrFrameDataset(uris, array=ARRAY, storage_options=options or None, cache_bytes=0)
     order = np.random.default_rng(0).permutation(len(ds))

@@ -55,7 +55,12 @@ def _open_arrays(
     stores: list[str], array: str, engine: str
 ) -> tuple[list[zarr.Array], list[_CountingPipeline]]:
     """Open ``array`` in every store read-only; with zarrs, check each got the Rust pipeline."""
-    arrays = [zarr.open_array(store=s, path=array, mode="r") for s in stores]
+    arrays = [
+        zarr.open_array(
+            store=zarr.storage.ZipStore(s, mode="r") if s.endswith(".zip") else s, path=array, mode="r"
+        )
+        for s in stores
+    ]
     counters: list[_CountingPipeline] = []
     if engine == "zarrs":
         from zarrs.pipeline import ZarrsCodecPipeline
