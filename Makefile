@@ -4,14 +4,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR := build/demo
 
-.PHONY: venv demo test lint bench docs dist clean
+# The newest Python here (pyenv's 3.12), which gets the newest zarr (3.11 stops at zarr 3.1).
+PYTHON_NEWEST ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.12*/bin/python $(HOME)/.pyenv/versions/3.12*/bin/python) \
+	$(shell python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null))
+VENV_NEWEST := .venv-3.12
+EXTRAS := dev,docs,datachain,lightning,accelerate
+
+.PHONY: venv demo test test-newest lint bench docs dist clean
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,docs,datachain,lightning,accelerate]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
 
 demo: venv
@@ -21,6 +27,23 @@ demo: venv
 test: venv
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-newest
+
+# The whole suite again under the newest Python and zarr; said, never silently skipped.
+test-newest:
+	@if [ -z "$(PYTHON_NEWEST)" ]; then \
+		echo "test-newest: SKIPPED: no Python 3.12 on this machine (pyenv install 3.12), so the suite ran under $$($(PY) -V) only"; \
+	else \
+		$(MAKE) --no-print-directory $(VENV_NEWEST)/.installed && \
+		echo "test-newest: $$($(VENV_NEWEST)/bin/python -c 'import sys, zarr; print("Python", sys.version.split()[0], "zarr", zarr.__version__)')" && \
+		$(VENV_NEWEST)/bin/python -m pytest -q -p no:cacheprovider; \
+	fi
+
+$(VENV_NEWEST)/.installed: pyproject.toml constraints.txt
+	test -x $(VENV_NEWEST)/bin/python || $(PYTHON_NEWEST) -m venv $(VENV_NEWEST)
+	$(VENV_NEWEST)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_NEWEST)/bin/python -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	touch $@
 
 bench: venv
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,datachain,lightning,accelerate,bench]'
@@ -39,4 +62,4 @@ dist: venv
 	$(VENV)/bin/twine check dist/*
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache
+	rm -rf $(VENV) $(VENV_NEWEST) build dist .pytest_cache

@@ -276,3 +276,20 @@ def test_a_zip_of_compressed_members_reads_through_the_store(tmp_path):
 def test_a_source_of_another_type_says_what_is_accepted(source):
     with pytest.raises(TypeError, match=r"a (source is|list of stores holds) (a )?URIs?, (a )?paths?"):
         ZarrFrameDataset(source, array=ARRAY)
+
+
+def test_forkserver_workers_start_clean_where_fork_would_inherit_threads(local_stores):
+    """The README's start method: the parent runs zarr's I/O thread once it has read (where
+    Python 3.12 warns that fork() may deadlock); forkserver workers never fork it."""
+    import threading
+    import warnings
+
+    ds = ZarrFrameDataset(local_stores, array=ARRAY)
+    ds[0]
+    assert threading.active_count() > 1, "the parent holds running threads"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # Python 3.12+ warns "use of fork() may lead to deadlocks"
+        loader = DataLoader(ds, batch_size=7, num_workers=2, timeout=60, multiprocessing_context="forkserver")
+        got = torch.cat(list(loader)).numpy()
+    np.testing.assert_array_equal(got, reference(3, 10))
+    assert not [w for w in seen if "fork()" in str(w.message)], "no worker was forked from this process"
