@@ -17,6 +17,7 @@ A failing block's traceback names the Markdown file and the line of the statemen
 
 from __future__ import annotations
 
+import multiprocessing.forkserver
 import os
 import re
 import shutil
@@ -130,7 +131,11 @@ def workdir(template, tmp_path, monkeypatch, s3_endpoint) -> Path:
         "HF_HOME": str(tmp_path / "hf"),
     }.items():
         monkeypatch.setenv(name, value)
+    # forkserver workers get the environment and working directory the forkserver started
+    # with: start a new one for this page, as a user's fresh process would.
+    multiprocessing.forkserver._forkserver._stop()
     yield tmp_path
+    multiprocessing.forkserver._forkserver._stop()
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
