@@ -369,6 +369,15 @@ def test_verify_names_changed_and_vanished_stores(tmp_path):
     assert index.verify() == uris[1:]
 
 
+def rewrite_metadata(store: str, edit) -> None:
+    """Replace the camera array's ``zarr.json`` in ``store`` by ``edit(its metadata)`` (text)."""
+    path = f"{store}/{ARRAY}/zarr.json"
+    with open(path) as f:
+        text = edit(json.load(f))
+    with open(path, "w") as f:
+        f.write(text)
+
+
 BROKEN_METADATA = {
     "invalid-json": (lambda m: "{not json", r"JSONDecodeError"),
     "unknown-dtype": (lambda m: json.dumps({**m, "data_type": "float1024"}), r"float1024"),
@@ -380,11 +389,7 @@ BROKEN_METADATA = {
 def test_unreadable_metadata_is_named_by_build_and_changed_for_verify(local_stores, broken):
     index = built(local_stores)
     edit, cause = BROKEN_METADATA[broken]
-    meta = f"{local_stores}/episode_00001.zarr/{ARRAY}/zarr.json"
-    with open(meta) as f:
-        text = edit(json.load(f))
-    with open(meta, "w") as f:
-        f.write(text)
+    rewrite_metadata(f"{local_stores}/episode_00001.zarr", edit)
     assert index.verify() == [f"{local_stores}/episode_00001.zarr"]
     with pytest.raises(
         ValueError,
@@ -406,11 +411,9 @@ def test_validate_names_a_dtype_change_as_verify_does(local_stores):
 
 
 def test_metadata_claiming_too_many_frames_is_named_not_allocated(local_stores):
-    meta = f"{local_stores}/episode_00002.zarr/{ARRAY}/zarr.json"
-    with open(meta) as f:
-        m = json.load(f)
-    with open(meta, "w") as f:
-        json.dump({**m, "shape": [10**15, *m["shape"][1:]]}, f)
+    rewrite_metadata(
+        f"{local_stores}/episode_00002.zarr", lambda m: json.dumps({**m, "shape": [10**15, *m["shape"][1:]]})
+    )
     with pytest.raises(
         ValueError,
         match=r"over the limit of 4294967296: array 'data/camera0_rgb' in store '.*episode_00002.zarr'",
