@@ -296,8 +296,8 @@ def _one_batch(frames: list[Any]) -> np.ndarray | None:
 
 
 def _tensor(frame: np.ndarray) -> torch.Tensor:
-    if frame.flags.c_contiguous and frame.flags.writeable:  # a view of the batch: no copy
-        return torch.from_numpy(frame)
+    # np.require copies only what is not already C-contiguous and writeable: a view of the
+    # batch becomes a tensor over the batch's memory.
     return torch.from_numpy(np.require(frame, requirements=["C", "W"]))
 
 
