@@ -203,6 +203,55 @@ def zip_store(uri: str, path: str) -> str:
     return path
 
 
+def write_umi_zip(
+    path: str | Path, episodes: Sequence[int] = (5, 3, 7), *, size: int | tuple[int, int] = 32, seed: int = 0
+) -> str:
+    """Write UMI's ``dataset.zarr.zip`` at ``path``: a zarr v2 replay buffer built in memory
+    and copied into zarr's ``ZipStore``, as UMI's ``07_generate_replay_buffer.py`` saves it;
+    return ``path``.
+
+    ``data/camera0_rgb`` (T, H, W, 3) uint8 holds smooth camera-like frames (a lit blob
+    moving over a gradient), one per chunk, compressed with the codec UMI uses, imagecodecs'
+    ``Jpegxl(level=99, numthreads=1)`` (lossless by default in recent imagecodecs, not in
+    every version: compare frames with zarr's own read).
+    ``data/robot0_eef_pos`` (T, 3) and ``data/action`` (T, 7) float32 are seeded random
+    walks; ``meta/episode_ends`` holds the cumulative ``episodes``. Registers imagecodecs'
+    numcodecs codecs in this process; every process that reads the zip needs them too.
+
+        write_umi_zip("umi/dataset.zarr.zip", episodes=(30, 45), size=96)
+    """
+    from imagecodecs import numcodecs as imagecodecs_numcodecs  # only UMI's stores need it
+
+    imagecodecs_numcodecs.register_codecs()
+    h, w = (size, size) if isinstance(size, int) else size
+    frames = int(sum(episodes))
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames)[:, None, None] / 4 + rng.uniform(0, 2 * np.pi)
+    y, x = np.mgrid[:h, :w] / max(h, w)
+    blob = np.exp(-((x - 0.5 - 0.3 * np.cos(t)) ** 2 + (y - 0.5 - 0.3 * np.sin(t)) ** 2) / 0.02)
+    tint = rng.uniform(0.2, 1.0, size=3)
+    rgb = [60 + 80 * x + 40 * y + 120 * c * blob for c in tint]
+    camera = np.clip(np.stack(rgb, axis=-1), 0, 255).astype(np.uint8)
+    lowdim = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)  # UMI's default
+    memory: dict[str, Any] = {}
+    root = zarr.open_group(zarr.storage.MemoryStore(memory), mode="w", zarr_format=2)
+    data = root.require_group("data")
+    jpegxl = imagecodecs_numcodecs.Jpegxl(level=99, numthreads=1)
+    data.create_array("camera0_rgb", data=camera, chunks=(1, h, w, 3), compressors=jpegxl)
+    for name, dim in [("robot0_eef_pos", 3), ("action", 7)]:
+        walk = np.cumsum(rng.normal(0, 0.01, size=(frames, dim)), axis=0).astype(np.float32)
+        data.create_array(name, data=walk, chunks=walk.shape, compressors=lowdim)
+    ends = np.cumsum(np.asarray(episodes, dtype=np.int64))
+    root.require_group("meta").create_array("episode_ends", data=ends, compressors=None)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    archive = zarr.storage.ZipStore(path, mode="w")  # members stored uncompressed, as UMI's
+    try:
+        process.run(process.gather_bounded(archive.set(k, v) for k, v in sorted(memory.items())))
+    finally:
+        archive.close()
+    return str(path)
+
+
 __all__ = [
     "make_actions",
     "make_frames",
@@ -210,5 +259,6 @@ __all__ = [
     "write_metadata_stores",
     "write_store",
     "write_stores",
+    "write_umi_zip",
     "zip_store",
 ]

@@ -150,11 +150,14 @@ class DirectDecoder:
             buf = step.decode(buf)
         last = self.steps[-1] if self.steps else None
         if out is not None:
-            if last is None or isinstance(last, _Crc32c):
-                data = buf if last is None else last.decode(buf)
-                out[:] = np.frombuffer(data, dtype=np.uint8)
-            else:
+            if last is not None and _fills_flat_out(last):
                 last.decode(buf, out=out)
+                return out
+            data = buf if last is None else last.decode(buf)  # image codecs: (H, W, C) arrays
+            flat = data.reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else memoryview(data)
+            if len(flat) != len(out):
+                raise ValueError(f"a chunk decoded to {len(flat)} bytes, but its chunk needs {len(out)}")
+            out[:] = np.frombuffer(flat, dtype=np.uint8)
             return out
         if last is not None:
             buf = last.decode(buf)
@@ -164,6 +167,13 @@ class DirectDecoder:
             else buf.view(self.stored)
         )
         return data.reshape(self.shape, order=self.order)  # type: ignore[call-overload]
+
+
+def _fills_flat_out(codec: Any) -> bool:
+    """Whether ``codec.decode(buf, out=flat_bytes)`` writes the chunk there: zarr_torch's
+    own decoders and numcodecs' compressors do; image codecs (imagecodecs' JPEG-XL, ...)
+    want ``out`` in the image's shape, so their result is copied instead."""
+    return isinstance(codec, _Zstd | _Blosc) or type(codec).__module__.startswith("numcodecs.")
 
 
 def direct_decoder(meta: Any, codecs: Sequence[Codec] | None, shape: tuple[int, ...]) -> DirectDecoder | None:
