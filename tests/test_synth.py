@@ -52,7 +52,7 @@ def test_cli_synth_and_info(tmp_path, capsys):
     assert len(stores) == 2
     assert stores[1].get_array("data/camera0_rgb").shape == [7, 8, 8, 3]
     capsys.readouterr()
-    assert main(["info", out]) == 0
+    assert main(["info", out, "--arrays"]) == 0
     shown = capsys.readouterr().out
     assert "data/camera0_rgb  shape=(7, 8, 8, 3) chunks=(2, 8, 8, 3) dtype=uint8" in shown
     assert shown.rstrip().endswith("2 store(s)")
