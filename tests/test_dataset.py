@@ -163,7 +163,7 @@ def test_missing_array_is_named(local_stores):
 
 
 def test_group_where_array_expected(local_stores):
-    with pytest.raises(ValueError, match=r"'data' is a group, not an array, in store"):
+    with pytest.raises(ValueError, match=r"'data' is not a Zarr array in store .*: it is a group"):
         ZarrFrameDataset(local_stores, array="data")
 
 

@@ -331,8 +331,8 @@ def test_a_fifo_or_a_deeply_nested_header_is_a_clear_error(local_stores, tmp_pat
 
 def test_a_crafted_file_with_credentials_in_a_uri_is_refused_without_showing_them(local_stores, tmp_path):
     data = _saved(local_stores, tmp_path)
-    uri = built(local_stores).stores[0].uri.encode()
-    crafted = data.replace(b'"uri":"' + uri, b'"uri":"s3://AKIAEXAMPLE:s3cr3tpass@bucket/x', 1)
+    source = built(local_stores).stores[0].source.encode()
+    crafted = data.replace(b'"source":"' + source, b'"source":"s3://AKIAEXAMPLE:s3cr3tpass@bucket/x', 1)
     (length,) = struct.unpack("<Q", data[16:24])
     grown = len(crafted) - len(data)
     crafted = crafted[:16] + struct.pack("<Q", length + grown) + crafted[24 : 24 + length + grown]

@@ -1,6 +1,5 @@
 """datachain interop with the real datachain package: records both ways, pixel-exact."""
 
-
 import subprocess
 import sys
 
@@ -11,7 +10,6 @@ from conftest import SIZE, reference
 from torch.utils.data import DataLoader
 
 from zarr_torch import SelectionIndex, ZarrFrameDataset
-from zarr_torch.interop import records_to_columns
 from zarr_torch.synth import write_stores
 
 ARRAY = "data/camera0_rgb"
@@ -83,12 +81,63 @@ def test_wrong_column_type_is_named(frames_chain, dc):
         SelectionIndex.from_datachain(chain, "n")
 
 
-def test_records_back_into_datachain(frames_chain, dc):
-    index = SelectionIndex.from_datachain(frames_chain, "frame")[::3]
+def test_records_round_trip_through_datachain(frames_chain):
+    """datachain's ZarrSelection -> zarr_torch index -> records -> datachain, unchanged."""
+    from datachain.lib.zarr import ZarrSelection as DcSelection
+
+    originals = frames_chain.to_values("frame")
+    index = SelectionIndex.from_datachain(frames_chain, "frame")
     records = list(index.to_records())
-    assert records[1] == {"uri": index.stores[0].uri, "array": ARRAY, "index": [3], "media": "image"}
-    back = dc.read_values(**records_to_columns(records), in_memory=True)
-    assert back.to_list("uri", "array", "index") == [(r["uri"], r["array"], r["index"]) for r in records]
+    back = [DcSelection.model_validate(r) for r in records]
+    assert [b.model_dump() for b in back] == [o.model_dump() for o in originals]
+    assert records[9]["array"]["store"] == {
+        "file": {"source": originals[9].array.store.source, "path": originals[9].array.store.path}
+    }
+    chain = index[::3].to_datachain("frame", in_memory=True)
+    again = chain.to_values("frame")
+    assert [a.index for a in again] == [o.index for o in originals[::3]]
+    for a, o in zip(again, originals[::3], strict=True):
+        np.testing.assert_array_equal(a.read(), o.read())
+
+
+def test_a_datachain_record_validates_unchanged_and_ours_load_in_datachain(frames_chain):
+    from datachain.lib import zarr as dcz
+
+    from zarr_torch import ZarrSelection
+
+    theirs = frames_chain.to_values("frame")[5]
+    record = theirs.model_dump()  # File fields and all: size, etag, last_modified, ...
+    assert {"size", "etag", "last_modified"} <= set(record["array"]["store"]["file"])
+    ours = ZarrSelection.model_validate(record)
+    assert (ours.array.store.source, ours.array.store.path) == (
+        theirs.array.store.source,
+        theirs.array.store.path,
+    )
+    np.testing.assert_array_equal(ours.read(), np.asarray(theirs.read()))
+    store = ours.array.store
+    for model, dc_model in [
+        (store, dcz.ZarrStore),
+        (store.get_info(), dcz.ZarrInfo),
+        (ours.array, dcz.ZarrArray),
+        (ours, dcz.ZarrSelection),
+    ]:
+        loaded = dc_model.model_validate(model.model_dump())  # and back, unchanged
+        assert type(model).model_validate(loaded.model_dump()) == model
+    assert dcz.ZarrSelection.model_validate(ours.model_dump()).read().tolist() == ours.read().tolist()
+
+
+def test_multi_axis_records_round_trip(tmp_path):
+    import zarr
+    from datachain.lib.zarr import ZarrSelection as DcSelection
+
+    values = np.arange(2 * 3 * 4 * 5 * 6, dtype="u2").reshape(2, 3, 4, 5, 6)
+    zarr.create_array(str(tmp_path / "img.zarr"), data=values, chunks=(1, 1, 2, 5, 3))
+    index = SelectionIndex.build(str(tmp_path / "img.zarr"), item_axes=3)
+    records = list(index.to_records())
+    assert [r["index"] for r in records[:2]] == [[0, 0, 0], [0, 0, 1]] and records[-1]["index"] == [1, 2, 3]
+    picked = [DcSelection.model_validate(r) for r in records[::5]]
+    for sel in picked:
+        np.testing.assert_array_equal(np.asarray(sel.read()), values[tuple(sel.index)])
 
 
 def test_core_never_imports_datachain():

@@ -59,9 +59,9 @@ def test_array_only_store(tmp_path):
 
 
 def test_get_array_of_a_group_or_missing_path(store):
-    with pytest.raises(ValueError, match="'data' is a group, not an array"):
+    with pytest.raises(ValueError, match=r"'data' is not a Zarr array in store '.*ep.zarr': it is a group"):
         store.get_array("data")
-    with pytest.raises(ValueError, match="'/' is a group"):
+    with pytest.raises(ValueError, match="'' is not a Zarr array"):
         store.get_array()
     with pytest.raises(FileNotFoundError, match="'data/nope' in store"):
         store.get_array("data/nope")
@@ -168,14 +168,17 @@ def test_read_zarr_of_a_store_root_is_that_store(store):
 def test_read_zarr_protocols(tmp_path):
     write_stores(str(tmp_path / "s"), stores=2, frames=2, size=4)
     found = read_zarr(f"file://{tmp_path}/s")
-    assert [s.uri for s in found] == [f"file://{tmp_path}/s/episode_0000{i}.zarr" for i in range(2)]
+    assert [(s.source, s.path) for s in found] == [
+        (f"file://{tmp_path}/s", f"episode_0000{i}.zarr") for i in range(2)
+    ]
+    assert [s.uri for s in found] == [f"{tmp_path}/s/episode_0000{i}.zarr" for i in range(2)]
     assert found[1].get_array(ARRAY).shape == [2, 4, 4, 3]
 
 
 def test_read_zarr_memory():
     write_stores("memory://readzarr", stores=2, frames=3, size=4)
     found = read_zarr("memory://readzarr")
-    assert [s.uri for s in found] == [f"memory:///readzarr/episode_0000{i}.zarr" for i in range(2)]
+    assert [s.uri for s in found] == [f"memory://readzarr/episode_0000{i}.zarr" for i in range(2)]
     np.testing.assert_array_equal(found[1].get_array(ARRAY).select(2).read(), make_frames(1, 3, 4)[2])
 
 
@@ -193,3 +196,115 @@ def test_read_zarr_plain_and_missing_folders(tmp_path):
     assert read_zarr(str(tmp_path / "plain")) == []
     with pytest.raises(FileNotFoundError, match=r"no directory at .*missing"):
         read_zarr(str(tmp_path / "missing"))
+
+
+# -- datachain's own expectations (its tests/unit/lib/test_zarr.py), on zarr_torch's models --
+
+
+def _dc_store(root, who, n=4):
+    g = zarr.open_group(str(root), mode="w")
+    g.attrs["who"] = who
+    g.create_array("images", shape=(n, 8, 8), chunks=(1, 8, 8), dtype="uint8")
+    g["images"][:] = np.arange(n * 8 * 8).reshape(n, 8, 8).astype("uint8")
+    g.create_group("labels").create_array("y", shape=(n,), dtype="int64")
+    g["labels/y"][:] = np.arange(n)
+
+
+@pytest.fixture
+def dc_store(tmp_path) -> ZarrStore:
+    _dc_store(tmp_path / "s.zarr", "s")
+    (store,) = read_zarr((tmp_path / "s.zarr").as_uri())
+    return store
+
+
+def test_datachain_read_zarr_one_store_per_root_at_any_depth(tmp_path):
+    for name in ("scan001", "scan002", "scan003"):
+        _dc_store(tmp_path / f"{name}.zarr", name)
+    assert [s.path for s in read_zarr(tmp_path.as_uri())] == ["scan001.zarr", "scan002.zarr", "scan003.zarr"]
+    _dc_store(tmp_path / "a" / "b" / "deep.zarr", "deep")
+    assert "a/b/deep.zarr" in [s.path for s in read_zarr(tmp_path.as_uri())]
+
+
+def test_datachain_read_zarr_of_a_store_directory(dc_store):
+    assert dc_store.path == "s.zarr" and dc_store.source.startswith("file://")
+
+
+def test_datachain_get_info_arrays_and_read(dc_store):
+    info = dc_store.get_info()
+    assert (info.zarr_format, sorted(info.arrays), info.attrs) == (3, ["images", "labels/y"], {"who": "s"})
+    arrays = {a.path: a for a in dc_store.get_arrays()}
+    assert (arrays["images"].shape, arrays["images"].chunks, arrays["images"].dtype) == (
+        [4, 8, 8],
+        [1, 8, 8],
+        "uint8",
+    )
+    assert arrays["labels/y"].shape == [4]
+    data = dc_store.get_array("images").read()
+    assert data.shape == (4, 8, 8) and int(data.flat[0]) == 0
+    assert dc_store.get_array("images").read(np.s_[0]).shape == (8, 8)
+    assert dc_store.get_array("labels/y").read().tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="not a Zarr array"):
+        dc_store.get_array("labels")
+
+
+def test_datachain_select_and_read_bytes(dc_store, tmp_path):
+    selection = dc_store.get_array("images").select(0)
+    assert selection.index == [0] and selection.read().shape == (8, 8)
+    assert dc_store.get_array("images").select([1]).read().shape == (8, 8)
+    assert dc_store.get_array("images").select(0, media="image").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="supports image media"):
+        dc_store.get_array("images").select(0, media="audio").read_bytes()
+
+
+def test_store_file_is_datachains_split():
+    for uri, source, path in [
+        ("s3://bucket/scan.zarr", "s3://bucket", "scan.zarr"),
+        ("s3://bucket", "s3://bucket", ""),
+        ("s3://bucket/", "s3://bucket", ""),
+        ("/data/a/ep.zarr", "file:///data/a", "ep.zarr"),
+        ("zip::/data/ep.zarr.zip", "zip::file:///data", "ep.zarr.zip"),
+    ]:
+        store = ZarrStore(uri=uri)
+        assert (store.source, store.path) == (source, path)
+        assert store.model_dump() == {"file": {"source": source, "path": path}}
+        assert ZarrStore.model_validate(store.model_dump()) == store
+    assert ZarrStore(uri="file:///data/a/ep.zarr").uri == "/data/a/ep.zarr"
+
+
+def test_read_zarr_takes_lists_and_globs(tmp_path):
+    write_stores(str(tmp_path / "a"), stores=3, frames=2, size=4)
+    write_stores(str(tmp_path / "b"), stores=2, frames=2, size=4)
+    both = read_zarr([str(tmp_path / "a"), tmp_path / "b"])
+    assert [s.uri for s in both] == sorted(
+        [
+            *(f"{tmp_path}/a/episode_0000{i}.zarr" for i in range(3)),
+            *(f"{tmp_path}/b/episode_0000{i}.zarr" for i in range(2)),
+        ]
+    )
+    globbed = read_zarr([f"{tmp_path}/*/episode_00001.zarr", str(tmp_path / "a" / "episode_00001.zarr")])
+    assert [s.uri for s in globbed] == [
+        f"{tmp_path}/a/episode_00001.zarr",
+        f"{tmp_path}/b/episode_00001.zarr",
+    ]
+    with pytest.raises(FileNotFoundError, match=r"no path matches .*nothing"):
+        read_zarr(str(tmp_path / "nothing*"))
+
+
+def test_a_zarr_store_object_is_a_source(tmp_path):
+    from zarr.storage import FsspecStore, LocalStore, MemoryStore, ZipStore
+
+    from zarr_torch import ZarrFrameDataset
+    from zarr_torch.synth import zip_store
+
+    uri = write_store(str(tmp_path / "ep.zarr"), 2, [5], size=SIZE)
+    zipped = zip_store(uri, str(tmp_path / "ep.zarr.zip"))
+    expected = make_frames(2, 5, SIZE)
+    for store in [
+        ZipStore(zipped, mode="r"),
+        LocalStore(uri, read_only=True),
+        FsspecStore.from_url(f"zip::file://{zipped}", read_only=True),
+    ]:
+        ds = ZarrFrameDataset(store, array=ARRAY)
+        np.testing.assert_array_equal(np.stack([ds[i].numpy() for i in range(len(ds))]), expected)
+    with pytest.raises(TypeError, match="a MemoryStore cannot be reopened in DataLoader workers"):
+        ZarrFrameDataset(MemoryStore(), array=ARRAY)

@@ -15,7 +15,15 @@ import zarr
 from conftest import LAYOUTS, SIZE, reference
 from torch.utils.data import DataLoader
 
-from zarr_torch import ChunkAwareSampler, ReadError, ZarrFrameDataset, process, read
+from zarr_torch import (
+    ChunkAwareSampler,
+    ReadError,
+    SelectionIndex,
+    ZarrFrameDataset,
+    ZarrStore,
+    process,
+    read,
+)
 from zarr_torch.cache import ChunkCache
 from zarr_torch.synth import make_frames, write_store, write_stores
 
@@ -368,3 +376,66 @@ def test_a_store_rewritten_with_another_chunking_never_gets_old_cached_chunks(tm
     ):
         ds.index.validate()  # reads the metadata afresh, and says what changed
     np.testing.assert_array_equal(ds[3].numpy(), make_frames(1, 16, SIZE)[3])
+
+
+# -- items over several leading axes: an OME-Zarr-like (t, c, z, y, x) image --
+
+OME_SHAPE = (2, 3, 4, 64, 64)
+
+
+def ome_image(path, chunks: tuple[int, ...]) -> np.ndarray:
+    """An OME-Zarr (0.4) image as its writers lay it out: a group whose ``multiscales``
+    names the axes, a full-resolution array "0" in spatial chunks and a 2x-down level "1"."""
+    values = np.random.default_rng(5).integers(0, 2**16, OME_SHAPE, dtype=np.uint16)
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}] + [
+        {"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"
+    ]
+    levels = [
+        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1, 2**k, 2**k]}]}
+        for k in (0, 1)
+    ]
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)  # ome-zarr-py writes v2 for 0.4
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": levels}]
+    keys = {"name": "v2", "separator": "/"}  # OME-Zarr's nested chunk keys
+    group.create_array("0", data=values, chunks=chunks, chunk_key_encoding=keys)
+    group.create_array("1", data=values[..., ::2, ::2], chunks=(*chunks[:3], 32, 32), chunk_key_encoding=keys)
+    return values
+
+
+@pytest.mark.parametrize("chunks", [(1, 1, 1, 32, 32), (1, 2, 2, 64, 64)], ids=["tiles", "planes"])
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_planes_of_a_5d_image_are_items_over_three_axes(tmp_path, chunks, context):
+    values = ome_image(tmp_path / "image.ome.zarr", chunks)
+    index = SelectionIndex.build(str(tmp_path / "image.ome.zarr"), array="0", item_axes=3)
+    assert len(index) == 2 * 3 * 4 and index[5].index == [0, 1, 1] and index[-1].index == [1, 2, 3]
+    index.save(tmp_path / "planes.zti")
+    for source in (index, SelectionIndex.load(tmp_path / "planes.zti")):
+        ds = ZarrFrameDataset(source)
+        before = ds.stats()
+        loader = DataLoader(ds, batch_size=5, num_workers=2, multiprocessing_context=context, timeout=120)
+        got = torch.cat(list(loader)).numpy()
+        np.testing.assert_array_equal(got, values.reshape(-1, 64, 64))
+        np.testing.assert_array_equal(ds[17].numpy(), values[1, 1, 1])
+        assert (
+            delta(ds, before, "chunks_decoded_direct") > 0
+            and delta(ds, before, "chunks_decoded_by_zarr") == 0
+        )
+
+
+def test_selections_over_several_axes_round_trip_through_an_index(tmp_path):
+    values = ome_image(tmp_path / "image.ome.zarr", (1, 1, 2, 32, 32))
+    arr = ZarrStore(uri=str(tmp_path / "image.ome.zarr")).get_array("0")
+    picks = [[1, 2, 3], [0, 0, 0], [1, 0, 2], [-1, -1, -1]]
+    index = SelectionIndex.from_selections(arr.select(p) for p in picks)
+    assert [s.index for s in index] == [[1, 2, 3], [0, 0, 0], [1, 0, 2], [1, 2, 3]]
+    np.testing.assert_array_equal(
+        np.stack(ZarrFrameDataset(index).__getitems__([0, 1, 2])), values[[1, 0, 1], [2, 0, 0], [3, 0, 2]]
+    )
+    volumes = SelectionIndex.build(str(tmp_path / "image.ome.zarr"), array="0", item_axes=2)
+    np.testing.assert_array_equal(ZarrFrameDataset(volumes)[4].numpy(), values[1, 1])
+    with pytest.raises(ValueError, match=r"item_axes=6, but array '0' in store .* has 5 axes"):
+        SelectionIndex.build(str(tmp_path / "image.ome.zarr"), array="0", item_axes=6)
+    with pytest.raises(ValueError, match="windows run along the leading axis"):
+        SelectionIndex.build(str(tmp_path / "image.ome.zarr"), array="0", item_axes=2, window=2)
+    with pytest.raises(ValueError, match=r"selection 1 of array '0' .* is not over the array's 3 item axes"):
+        SelectionIndex.from_selections([arr.select([0, 0, 0]), arr.select([0, 0])])

@@ -154,7 +154,7 @@ def test_arrays_of_different_lengths_are_an_error(tmp_path):
     with pytest.raises(
         ValueError,
         match=r"store .*ep.zarr.*: 'data/short' has 5 items on its leading "
-        r"axis but 'data/camera0_rgb' has 6",
+        r"axis \[5\] but 'data/camera0_rgb' has 6 \[6\]",
     ):
         ZarrFrameDataset(uri, arrays={"image": ARRAY, "bad": "data/short"})
 

@@ -174,7 +174,7 @@ class ZarrFrameDataset(Dataset):
     async def _read(self, index: SelectionIndex, rows: np.ndarray, budget: dict[str, Any]) -> list[Any]:
         """The items (or windows, edge frames repeated) of ``rows``; exceptions in place."""
         specs, lengths = index.array_specs(), rows["length"]
-        options = {"strict": self.strict, "retry": self.retry, **budget}
+        options = {"strict": self.strict, "retry": self.retry, "item_axes": index.item_axes(), **budget}
         window = int(lengths.max()) if len(rows) else 0
         if window == 0:
             return await read.read_items(specs, rows["array"], rows["start"], **options)
@@ -242,11 +242,13 @@ class ZarrFrameDataset(Dataset):
     def _error(self, i: int, key: str | None, cause: BaseException) -> ReadError:
         index = self.indexes[key]
         array_id, start = int(index.rows["array"][i]), int(index.rows["start"][i])
+        entry = index.arrays[array_id]
+        at = start if entry.item_axes == 1 else entry.position(start)
         uri, path, options = index.array_specs()[array_id]
         shown = redact.redact_uri(uri)
         detail = redact.scrub(f"{type(cause).__name__}: {cause}", options)
         return ReadError(
-            f"cannot read sample {i}: array {path!r} in store {shown!r}, index {start}: {detail}",
+            f"cannot read sample {i}: array {path!r} in store {shown!r}, index {at}: {detail}",
             uri=shown,
             array=path,
             index=i,
@@ -315,7 +317,7 @@ def _check_one_kind(index: SelectionIndex) -> None:
     transform to make them alike, their batches would fail later in ``default_collate``."""
     kinds = {}
     for e in index.arrays:
-        kinds.setdefault((e.shape[1:], e.dtype), e)
+        kinds.setdefault((e.shape[e.item_axes :], e.dtype), e)
     if len(kinds) > 1:
         a, b = (
             f"array {e.path!r} in store {redact.redact_uri(index.stores[e.store].uri)!r} holds items of "

@@ -9,7 +9,7 @@ structured array of 16 bytes a row (array id, start on the leading axis, window 
     index[0].read()  # the first frame, (H, W, C)
     index.save("frames.zti")  # later, in an instant: SelectionIndex.load("frames.zti")
 
-Saved indexes are one file (see :mod:`zarr_torch.indexfile`) holding store URIs, the
+Saved indexes are one file (see :mod:`zarr_torch.indexfile`) holding store roots, the
 arrays table, a fingerprint of each store's metadata and the raw rows, never storage
 options: those are given again to :meth:`SelectionIndex.load`.
 """
@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import zarr.api.asynchronous as zasync
 from tqdm.auto import tqdm
+from zarr.abc.store import Store
 from zarr.core.array import AsyncArray
 from zarr.errors import NodeNotFoundError
 
@@ -47,7 +49,7 @@ CHECK_ROWS = 1 << 20
 #: builds over at least this many stores show a progress bar.
 PROGRESS_MIN_STORES = 32
 
-Source = str | ZarrStore | Sequence[str | ZarrStore]
+Source = str | os.PathLike | ZarrStore | Store | Sequence[str | os.PathLike | ZarrStore | Store]
 #: what a store's fingerprint covers for each indexed array: (path, shape, chunks, dtype).
 Meta = tuple[str, tuple[int, ...], tuple[int, ...], str]
 
@@ -65,10 +67,24 @@ class ArrayEntry:
     attrs: dict = field(default_factory=dict, compare=False)
     #: for window rows: the episode ``[first, end)`` on the leading axis windows stay in.
     episode: tuple[int, int] | None = None
+    #: how many leading axes address an item: rows number the items over these axes in
+    #: C order (``[t, c, z]`` of a (t, c, z, y, x) image is ``(t * C + c) * Z + z``).
+    item_axes: int = 1
+
+    @property
+    def items(self) -> int:
+        """How many items the array holds: the product of its item axes."""
+        return math.prod(self.shape[: self.item_axes])
 
     def bounds(self) -> tuple[int, int]:
-        """The frames rows of this entry may show: its episode, or the whole array."""
-        return self.episode or (0, self.shape[0])
+        """The items rows of this entry may show: its episode, or the whole array."""
+        return self.episode or (0, self.items)
+
+    def position(self, item: int) -> list[int]:
+        """The index on the item axes of item number ``item``."""
+        if self.item_axes == 1:
+            return [item]
+        return [int(i) for i in np.unravel_index(item, self.shape[: self.item_axes])]
 
     def meta(self) -> Meta:
         """What the fingerprint of its store covers: path, shape, chunks and dtype."""
@@ -111,8 +127,11 @@ class SelectionIndex:
         episode_ends: str | None = None,
         pad_before: int = 0,
         pad_after: int = 0,
+        item_axes: int = 1,
     ) -> SelectionIndex:
-        """One row per item on the leading axis of ``array`` in every store of ``source``.
+        """One row per item on the leading axis of ``array`` in every store of ``source``;
+        with ``item_axes=k``, one per index over the first ``k`` axes (every (t, c, z)
+        plane of a (t, c, z, y, x) image with ``k=3``), in C order.
 
         With ``window=T`` a row is instead ``T`` consecutive frames, every ``stride``
         frames, never crossing an episode: stores always end one, and ``episode_ends``
@@ -130,6 +149,8 @@ class SelectionIndex:
         """
         stores = resolve_stores(source, storage_options)
         entries = _read_entries(stores, array, media, progress)
+        if item_axes != 1:
+            entries = _with_item_axes(stores, entries, item_axes, window)
         if check_chunks:
             _check_chunks(stores, array)
         if window is not None:
@@ -137,7 +158,7 @@ class SelectionIndex:
             return cls(stores, *_window_rows(stores, entries, ends, window, stride, pad_before, pad_after))
         if (stride, episode_ends, pad_before, pad_after) != (1, None, 0, 0):
             raise ValueError("stride, episode_ends and padding need a window")
-        lengths = np.array([e.shape[0] for e in entries], dtype=np.int64)
+        lengths = np.array([e.items for e in entries], dtype=np.int64)
         _check_row_count(stores, entries, int(lengths.sum()))
         rows = np.empty(int(lengths.sum()), dtype=ROW_DTYPE)
         rows["array"] = np.repeat(np.arange(len(entries), dtype=np.uint32), lengths)
@@ -148,7 +169,8 @@ class SelectionIndex:
 
     @classmethod
     def from_selections(cls, selections: Iterable[ZarrSelection]) -> SelectionIndex:
-        """An index of ``ZarrSelection`` records (one leading-axis int each), in their order.
+        """An index of ``ZarrSelection`` records, in their order: ``[t]`` on the leading axis,
+        or ``[t, c, z]`` on several (each array's selections all over as many axes).
 
         A negative index counts from the end of its array; one out of range is a
         ``ValueError`` naming the selection, its store and its array.
@@ -157,21 +179,22 @@ class SelectionIndex:
         ids: list[int] = []
         starts: list[int] = []
         for n, sel in enumerate(selections):
-            if len(sel.index) != 1:
-                raise ValueError(
-                    f"selection {n} of array {sel.array.path!r} in store "
-                    f"{redact.redact_uri(sel.array.store.uri)!r} has index {sel.index}: "
-                    "an index holds one int on the leading axis per selection"
-                )
             store_id = tables.store_id(sel.array.store)
             key = (store_id, sel.array.path, sel.media)
             array_id = tables.array_ids.get(key)
             if array_id is None:
-                array_id = tables.add_array(key, _entry(store_id, sel.array, sel.media))
+                entry = replace(_entry(store_id, sel.array, sel.media), item_axes=len(sel.index))
+                array_id = tables.add_array(key, entry)
+            axes = tables.arrays[array_id].item_axes
             try:
-                start = sel.array.item_position(sel.index)[0]
+                if len(sel.index) != axes or not sel.index:
+                    raise IndexError(f"index {sel.index} is not over the array's {axes} item axes")
+                position = sel.array.item_position(sel.index)
+                shape = sel.array.shape[:axes]
+                start = position[0] if axes == 1 else int(np.ravel_multi_index(position, shape))
             except IndexError as exc:
-                raise ValueError(f"selection {n}: {exc}") from None
+                where = f"array {sel.array.path!r} in store {redact.redact_uri(sel.array.store.uri)!r}"
+                raise ValueError(f"selection {n} of {where}: {exc}") from None
             ids.append(array_id)
             starts.append(start)
         rows = np.zeros(len(ids), dtype=ROW_DTYPE)
@@ -192,10 +215,22 @@ class SelectionIndex:
         return index_from_datachain(chain, column, array=array, storage_options=storage_options)
 
     def to_records(self) -> Iterator[dict[str, Any]]:
-        """Plain rows ``{"uri", "array", "index", "media"}`` for ``dc.read_values``, in order."""
+        """Every row as a ``ZarrSelection`` record (datachain's shape, no credentials), in order.
+
+            dc_selection = datachain.lib.zarr.ZarrSelection.model_validate(next(index.to_records()))
+        """
         from zarr_torch.interop import to_records
 
         return to_records(self)
+
+    def to_datachain(self, column: str = "frame", **read_values: Any) -> Any:
+        """A datachain chain of one ``ZarrSelection`` per row, in order (needs datachain).
+
+            chain = index[::10].to_datachain("frame", in_memory=True)
+        """
+        from zarr_torch.interop import to_datachain
+
+        return to_datachain(self, column, **read_values)
 
     @classmethod
     def concat(cls, indexes: Iterable[SelectionIndex]) -> SelectionIndex:
@@ -279,14 +314,21 @@ class SelectionIndex:
         if not -n <= i < n:
             raise IndexError(f"index {i} is out of range for {n} selections")
         array_id, start = int(self.rows["array"][i]), int(self.rows["start"][i])
-        first, end = self.arrays[array_id].bounds()
-        start = min(max(start, first), end - 1)
-        return self.zarr_array(array_id).select(start, media=self.arrays[array_id].media)
+        return self.zarr_array(array_id).select(
+            self.item_index(array_id, start), media=self.arrays[array_id].media
+        )
+
+    def item_index(self, array_id: int, start: int) -> list[int]:
+        """The selection index (``[t]``, or ``[t, c, z]`` over several item axes) of a row
+        of array ``array_id`` starting at ``start``; a window's first frame in its episode."""
+        entry = self.arrays[array_id]
+        first, end = entry.bounds()
+        return entry.position(min(max(start, first), end - 1))
 
     def bounds(self) -> np.ndarray:
-        """Per array id: (first, end) of the frames its rows may show, and its length."""
+        """Per array id: (first, end) of the items its rows may show, and its item count."""
         if getattr(self, "_bounds", None) is None:
-            self._bounds = np.array([(*e.bounds(), e.shape[0]) for e in self.arrays], dtype=np.int64).reshape(
+            self._bounds = np.array([(*e.bounds(), e.items) for e in self.arrays], dtype=np.int64).reshape(
                 -1, 3
             )
         return self._bounds
@@ -303,10 +345,13 @@ class SelectionIndex:
         opened = open_arrays(specs, refresh=True)
         arrays = []
         for entry, (uri, _, _), arr in zip(self.arrays, specs, opened, strict=True):
-            if arr.shape[0] != entry.shape[0]:
+            k = entry.item_axes
+            theirs, ours = tuple(arr.shape[:k]), entry.shape[:k]
+            if theirs != ours:
+                axes = "axis" if k == 1 else f"{k} axes"
                 raise ValueError(
-                    f"store {redact.redact_uri(uri)!r}: {path!r} has {arr.shape[0]} items on its leading "
-                    f"axis but {entry.path!r} has {entry.shape[0]}"
+                    f"store {redact.redact_uri(uri)!r}: {path!r} has {math.prod(theirs)} items on its "
+                    f"leading {axes} {list(theirs)} but {entry.path!r} has {math.prod(ours)} {list(ours)}"
                 )
             arrays.append(
                 replace(
@@ -332,6 +377,10 @@ class SelectionIndex:
             dtype=e.dtype,
             attrs=e.attrs,
         )
+
+    def item_axes(self) -> list[int]:
+        """The number of item axes of every array, by array id, for the read engine."""
+        return [e.item_axes for e in self.arrays]
 
     def array_specs(self) -> list[tuple[str, str, dict[str, Any]]]:
         """``(uri, path, storage_options)`` of every array, by array id, for the read engine."""
@@ -387,8 +436,9 @@ class SelectionIndex:
     def save(self, path: indexfile.PathLike) -> int:
         """Write the index to one file at ``path`` (replaced atomically); return its size in bytes.
 
-        The file holds store URIs and fingerprints, the arrays table and the raw rows; never
-        storage options. A URI with credentials in it (``s3://key:secret@...``) is refused.
+        The file holds store roots (source and path) and fingerprints, the arrays table and
+        the raw rows; never storage options. A URI with credentials in it
+        (``s3://key:secret@...``) is refused.
 
             index.save("frames.zti")
         """
@@ -398,7 +448,7 @@ class SelectionIndex:
             "row_dtype": [list(f) for f in ROW_DTYPE.descr],
             "rows": len(index.rows),
             "stores": [
-                {"uri": s.uri, "fingerprint": fp}
+                {"file": s.file.model_dump(), "fingerprint": fp}
                 for s, fp in zip(index.stores, index.fingerprints(), strict=True)
             ],
             "arrays": [asdict(e) for e in index.arrays],
@@ -422,7 +472,12 @@ class SelectionIndex:
         header, rows, mapped = indexfile.read(path, ROW_DTYPE)
         options = dict(storage_options or {})
         try:
-            stores = [ZarrStore(uri=s["uri"], storage_options=options) for s in header["stores"]]
+            stores = [  # files written before 0.2 hold a "uri" instead of a "file"
+                ZarrStore(file=s["file"], storage_options=options)
+                if "file" in s
+                else ZarrStore(uri=s["uri"], storage_options=options)
+                for s in header["stores"]
+            ]
             arrays = [
                 ArrayEntry(
                     **{
@@ -531,17 +586,17 @@ def check_rows(arrays: Sequence[ArrayEntry], rows: np.ndarray) -> None:
             kind = f"a {window}-frame window of episode {e.episode}" if e.episode else "an item"
             raise ValueError(
                 f"row {offset + k} (start {int(starts[k])}, length {int(lengths[k])}) is not {kind} "
-                f"of array {e.path!r} (array id {int(ids[k])}, {e.shape[0]} items)"
+                f"of array {e.path!r} (array id {int(ids[k])}, {e.items} items)"
             )
 
 
 def _check_row_count(stores: list[ZarrStore], entries: list[ArrayEntry], rows: int) -> None:
     """``ValueError`` naming the largest array when an index would hold over ``MAX_ROWS`` rows."""
     if rows > MAX_ROWS:
-        big = max(entries, key=lambda e: e.shape[0])
+        big = max(entries, key=lambda e: e.items)
         raise ValueError(
             f"an index of {rows} rows is over the limit of {MAX_ROWS}: array {big.path!r} in store "
-            f"{redact.redact_uri(stores[big.store].uri)!r} alone has {big.shape[0]} items"
+            f"{redact.redact_uri(stores[big.store].uri)!r} alone has {big.items} items"
         )
 
 
@@ -576,9 +631,10 @@ async def _fresh_metas(store: ZarrStore, paths: list[str]) -> list[Meta] | None:
 
 
 def resolve_stores(source: Source, storage_options: dict[str, Any] | None = None) -> list[ZarrStore]:
-    """The stores named by ``source``: a prefix or store URI (a ``str`` or path), or a list
-    of URIs, paths or ``ZarrStore``; ``TypeError`` for anything else."""
-    if isinstance(source, ZarrStore):
+    """The stores named by ``source``: a prefix, glob or store URI (a ``str`` or path), a
+    zarr ``Store`` object, or a list of URIs, paths, ``ZarrStore`` or ``Store``;
+    ``TypeError`` for anything else."""
+    if isinstance(source, ZarrStore | Store):
         source = [source]
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
@@ -589,14 +645,22 @@ def resolve_stores(source: Source, storage_options: dict[str, Any] | None = None
         return stores
     if isinstance(source, bytes) or not isinstance(source, Sequence):
         raise TypeError(
-            f"a source is a URI, a path, a ZarrStore or a list of them, not {type(source).__name__}"
+            f"a source is a URI, a path, a ZarrStore, a zarr Store or a list of them, not "
+            f"{type(source).__name__}"
         )
+    stores = []
     for s in source:
-        if not isinstance(s, str | os.PathLike | ZarrStore):
+        if isinstance(s, str | os.PathLike):
+            stores.append(ZarrStore(uri=os.fspath(s)))
+        elif isinstance(s, Store):
+            stores.append(ZarrStore.from_store(s))
+        elif isinstance(s, ZarrStore):
+            stores.append(s)
+        else:
             raise TypeError(
-                f"a list of stores holds URIs, paths or ZarrStores, not {type(s).__name__} ({s!r:.80})"
+                f"a list of stores holds URIs, paths, ZarrStores or zarr Stores, not {type(s).__name__} "
+                f"({s!r:.80})"
             )
-    stores = [s if isinstance(s, ZarrStore) else ZarrStore(uri=os.fspath(s)) for s in source]
     if storage_options is not None:
         stores = [replace_options(s, storage_options) for s in stores]
     if not stores:
@@ -619,6 +683,24 @@ def _entry(store_id: int, arr: ZarrArray, media: Media | None) -> ArrayEntry:
         media=media,
         attrs=dict(arr.attrs),
     )
+
+
+def _with_item_axes(
+    stores: list[ZarrStore], entries: list[ArrayEntry], item_axes: int, window: int | None
+) -> list[ArrayEntry]:
+    """``entries`` addressed over their first ``item_axes`` axes; ``ValueError`` for a count
+    that is not an integer from 1 to an array's number of axes, or with windows."""
+    if isinstance(item_axes, bool) or not isinstance(item_axes, int | np.integer) or item_axes < 1:
+        raise ValueError(f"item_axes must be an integer of at least 1, not {item_axes!r}")
+    if window is not None:
+        raise ValueError("windows run along the leading axis: item_axes must be 1 with window=")
+    for e in entries:
+        if item_axes > len(e.shape):
+            raise ValueError(
+                f"item_axes={item_axes}, but array {e.path!r} in store "
+                f"{redact.redact_uri(stores[e.store].uri)!r} has {len(e.shape)} axes"
+            )
+    return [replace(e, item_axes=int(item_axes)) for e in entries]
 
 
 def _episode_ends(stores: list[ZarrStore], path: str) -> list[np.ndarray]:

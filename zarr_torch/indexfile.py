@@ -7,8 +7,9 @@ One file, little-endian, readable without parsing its rows::
     bytes 12-15   CRC-32 of the JSON header (u4); 0 in files written before it was
                   recorded, which are read unchecked
     bytes 16-23   length of the JSON header in bytes (u8)
-    bytes 24-     the JSON header: row dtype, row count, stores (uri and metadata
-                  fingerprint, never storage options), arrays table
+    bytes 24-     the JSON header: row dtype, row count, stores (root as source
+                  and path, or a uri in older files, and metadata fingerprint,
+                  never storage options), arrays table
     zero padding  up to the next multiple of 4096, so the rows start on a page
     rows          the raw row records, row count x 16 bytes, to the end of the file
 

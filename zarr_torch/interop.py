@@ -1,22 +1,22 @@
 """datachain interop: curate frames in datachain, train on them with zarr_torch, and back.
 
-datachain's Zarr models (``ZarrStore`` with a ``file``, ``ZarrArray``, ``ZarrSelection``)
-mirror zarr_torch's, so a chain column of them becomes a :class:`SelectionIndex` in one
-pass over the chain (``to_values``), keeping the chain's order; ``to_records`` turns an
-index back into plain rows for ``dc.read_values``. datachain is imported only here, and
-only when these functions run (``pip install 'zarr-torch[datachain]'``).
+zarr_torch's models are datachain's records (``ZarrStore`` with a ``file``, ``ZarrArray``,
+``ZarrSelection``), so a chain column of them becomes a :class:`SelectionIndex` in one
+pass over the chain (``to_values``), keeping the chain's order, and an index's rows
+become datachain ``ZarrSelection`` records again (``to_records``, ``to_datachain``).
+datachain is imported only here, and only when these functions run
+(``pip install 'zarr-torch[datachain]'``).
 
-    chain = dc.read_zarr("data/").map(frame=lambda zarr: ..., output=ZarrSelection)
+    chain = dc.read_zarr("data/").gen(frame=frames_of_each_store, output=ZarrSelection)
     index = index_from_datachain(chain, "frame")
-    chain_again = dc.read_values(**records_to_columns(index.to_records()))
+    chain_again = to_datachain(index[::10], "frame")
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from zarr_torch import redact
 from zarr_torch.models import ZarrArray, ZarrSelection, ZarrStore
 
 if TYPE_CHECKING:
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 
 def _store(value: Any, storage_options: dict[str, Any]) -> ZarrStore:
-    """zarr_torch's store for a datachain ``ZarrStore`` (its file's full path or URI)."""
-    return ZarrStore(uri=value.file.get_fs_path().rstrip("/"), storage_options=storage_options)
+    """zarr_torch's store for a datachain ``ZarrStore``: the same ``file``."""
+    return ZarrStore(file=value.file, storage_options=storage_options)
 
 
 def _array(value: Any, storage_options: dict[str, Any]) -> ZarrArray:
@@ -75,7 +75,7 @@ def index_from_datachain(
     arrays: dict[tuple[str, str], ZarrArray] = {}
 
     def selection(v: Any) -> ZarrSelection:
-        key = (v.array.store.file.get_fs_path(), v.array.path)
+        key = (v.array.store.file.source, v.array.store.file.path, v.array.path)
         if key not in arrays:
             arrays[key] = _array(v.array, options)
         return ZarrSelection(array=arrays[key], index=list(v.index), media=v.media)
@@ -86,18 +86,21 @@ def index_from_datachain(
 
 
 def to_records(index: SelectionIndex) -> Iterator[dict[str, Any]]:
-    """Plain rows ``{"uri", "array", "index", "media"}`` of an index, in order (no credentials)."""
-    uris = [redact.redact_uri(s.uri) for s in index.stores]
-    entries = [(uris[e.store], e.path, e.media) for e in index.arrays]
+    """Every row of ``index`` as a ``ZarrSelection`` record (``model_dump()`` form, no
+    credentials), in order; datachain's ``ZarrSelection.model_validate`` takes each.
+    Rows of one array share its (read-only) ``array`` record."""
+    arrays = [index.zarr_array(a).model_dump() for a in range(len(index.arrays))]
+    media = [e.media for e in index.arrays]
     for array_id, start in zip(index.rows["array"].tolist(), index.rows["start"].tolist(), strict=True):
-        uri, path, media = entries[array_id]
-        yield {"uri": uri, "array": path, "index": [start], "media": media}
+        at = index.item_index(array_id, start)
+        yield {"array": arrays[array_id], "index": at, "media": media[array_id]}
 
 
-def records_to_columns(records: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Rows as columns, the form ``dc.read_values(**columns)`` takes (no media: ``""``)."""
-    columns: dict[str, list[Any]] = {"uri": [], "array": [], "index": [], "media": []}
-    for r in records:
-        for k in columns:
-            columns[k].append(r[k] if r[k] is not None else "")
-    return columns
+def to_datachain(index: SelectionIndex, column: str = "frame", **read_values: Any) -> Any:
+    """A datachain chain with one datachain ``ZarrSelection`` per row of ``index``, in order
+    (``read_values`` go to ``dc.read_values``, e.g. ``session=`` or ``in_memory=True``)."""
+    import datachain as dc
+    from datachain.lib.zarr import ZarrSelection as DcSelection
+
+    values = [DcSelection.model_validate(r) for r in to_records(index)]
+    return dc.read_values(**{column: values}, **read_values)

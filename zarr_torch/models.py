@@ -10,19 +10,24 @@ values only: they pickle and round-trip through JSON; handles live in :mod:`zarr
 
 from __future__ import annotations
 
+import glob
 import io as _io
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import fsspec
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from fsspec.implementations.zip import ZipFileSystem
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from zarr.abc.store import Store
 from zarr.core.array import AsyncArray
 from zarr.core.group import AsyncGroup
+from zarr.storage import FsspecStore, LocalStore, ZipStore
 
 from zarr_torch import process, redact
-from zarr_torch.stores import open_array, open_node, options_key
+from zarr_torch.stores import is_local, local_path, open_array, open_node, options_key
 
 Media = Literal["image", "audio", "video"]
 
@@ -38,16 +43,111 @@ class ZarrInfo(BaseModel):
     attrs: dict = Field(default_factory=dict)
 
 
-class ZarrStore(BaseModel):
-    """A Zarr store root: a local path or fsspec URL, and the options to reach it.
+class StoreFile(BaseModel):
+    """Where a store root is, as datachain's ``File`` says it: a ``source`` (a bucket,
+    a folder or a URL) and a ``path`` inside it. Other ``File`` fields are ignored."""
 
-    ``storage_options`` go to fsspec/s3fs; credentials in them never show in a repr.
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    source: str = ""
+    path: str = ""
+
+    @classmethod
+    def from_uri(cls, uri: str) -> StoreFile:
+        """``uri`` split at its last segment: ``s3://b/a/ep.zarr`` is ``s3://b/a`` + ``ep.zarr``
+        (a bucket root is all source). A local path's source is its absolute folder as a
+        ``file://`` URL, as datachain's are; a ``zip::`` URL keeps its prefix on the source."""
+        if uri.startswith("zip::"):
+            inner = cls.from_uri(uri.removeprefix("zip::"))
+            return cls(source=f"zip::{inner.source}", path=inner.path)
+        uri = uri.rstrip("/") or uri
+        scheme, sep, rest = uri.partition("://")
+        if not sep or scheme == "file":
+            folder, name = os.path.split(os.path.abspath(local_path(uri)))
+            return cls(source=f"file://{folder}", path=name)
+        if "/" not in rest:  # a bucket or host alone
+            return cls(source=uri)
+        head, _, name = uri.rpartition("/")
+        return cls(source=head, path=name)
+
+    @property
+    def uri(self) -> str:
+        """The store root as a path or URL: ``source`` and ``path`` joined (a local path
+        for a ``file://`` source, as datachain's ``File.get_fs_path``)."""
+        zipped = self.source.startswith("zip::")
+        source = self.source.removeprefix("zip::")
+        if source.startswith("file://"):
+            source = local_path(source) or "/"
+        if not self.path:
+            joined = source
+        elif not source:
+            joined = self.path
+        else:
+            joined = f"{source}{'' if source.endswith('/') else '/'}{self.path}"
+        return f"zip::{joined}" if zipped else joined
+
+
+class ZarrStore(BaseModel):
+    """A Zarr store root and the options to reach it, as datachain's record: ``file``
+    (``source`` + ``path``). ``ZarrStore(uri=...)`` takes a local path or fsspec URL.
+
+    ``storage_options`` go to fsspec/s3fs. They are left out of ``model_dump()`` (records
+    never carry credentials, as datachain's keep them in its catalog) and of the repr.
+
+        store = ZarrStore(uri="s3://bucket/ep0.zarr", storage_options={"anon": True})
+        store.source, store.path  # ('s3://bucket', 'ep0.zarr')
     """
 
     model_config = ConfigDict(frozen=True)
 
-    uri: str
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    file: StoreFile
+    storage_options: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_uri(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "uri" in data:
+            data = dict(data)
+            data.setdefault("file", StoreFile.from_uri(str(data.pop("uri"))))
+        return data
+
+    @classmethod
+    def from_store(cls, store: Store) -> ZarrStore:
+        """The spec of an open zarr ``Store`` that can be opened again in any process: a
+        ``LocalStore``, a ``ZipStore`` (read-only) or an ``FsspecStore`` (its file
+        system's options kept). ``TypeError`` for other stores, which live in one process.
+
+            ZarrStore.from_store(zarr.storage.ZipStore("dataset.zarr.zip", mode="r"))
+        """
+        if isinstance(store, LocalStore):
+            return cls(uri=str(store.root))
+        if isinstance(store, ZipStore):
+            return cls(uri=os.fspath(store.path))
+        if isinstance(store, FsspecStore):
+            fs = getattr(store.fs, "sync_fs", store.fs)  # zarr wraps sync file systems
+            if isinstance(fs, ZipFileSystem):  # the zip's own URL, and the options to reach it
+                uri = f"zip::{fs.of.fs.unstrip_protocol(fs.of.path)}"
+                options = fs.storage_options.get("target_options", {})
+            else:
+                uri, options = fs.unstrip_protocol(store.path), fs.storage_options
+            return cls(uri=uri, storage_options={k: v for k, v in options.items() if k != "asynchronous"})
+        raise TypeError(
+            f"a {type(store).__name__} cannot be reopened in DataLoader workers: give a LocalStore, "
+            "ZipStore or FsspecStore, or the store's path or URL"
+        )
+
+    @property
+    def uri(self) -> str:
+        """The store root as a path or fsspec URL (``source`` and ``path`` joined)."""
+        return self.file.uri
+
+    @property
+    def source(self) -> str:
+        return self.file.source
+
+    @property
+    def path(self) -> str:
+        return self.file.path
 
     def __repr_args__(self):
         yield "uri", redact.redact_uri(self.uri)
@@ -55,6 +155,14 @@ class ZarrStore(BaseModel):
 
     def __hash__(self) -> int:
         return hash((self.uri, options_key(self.storage_options)))
+
+    def __eq__(self, other: object) -> bool:
+        """Stores are equal when they reach the same root with the same options, however
+        their ``file`` splits it."""
+        if not isinstance(other, ZarrStore):
+            return NotImplemented
+        mine, theirs = self.storage_options, other.storage_options
+        return (self.uri, options_key(mine)) == (other.uri, options_key(theirs))
 
     def _open(self, path: str = "") -> AsyncArray | AsyncGroup:
         return process.run(open_node(self.uri, path, self.storage_options))
@@ -178,29 +286,54 @@ class ZarrSelection(BaseModel):
         return buf.getvalue()
 
 
-def read_zarr(uri: str, storage_options: dict[str, Any] | None = None) -> list[ZarrStore]:
-    """Every Zarr store root under ``uri`` (a path or fsspec URL), sorted by URI.
+def read_zarr(
+    uri: str | os.PathLike | Sequence[str | os.PathLike], storage_options: dict[str, Any] | None = None
+) -> list[ZarrStore]:
+    """Every Zarr store root under ``uri`` (a path or fsspec URL, a glob, or a list of
+    them), sorted by URI, each once.
 
     A store root is a directory holding ``zarr.json``, ``.zgroup`` or ``.zarray`` that is
     not inside another store, or a zipped store (a ``.zip`` file, as UMI's replay buffers
     ``*.zarr.zip``); groups inside a store are never returned. Each level of the tree is
-    listed concurrently. A ``uri`` that is itself a zipped store (``ep.zarr.zip``, a
-    ``zip::`` URL) gives that store. Raises ``FileNotFoundError`` if ``uri`` does not exist.
+    listed concurrently. As in datachain, a store's ``source`` is the prefix it was found
+    under and its ``path`` is relative to it; a ``uri`` that is itself a store (a store
+    root, ``ep.zarr.zip``, a ``zip::`` URL) is split at its last segment. Raises
+    ``FileNotFoundError`` if a ``uri`` does not exist or a glob matches nothing.
 
         stores = read_zarr("s3://bucket/episodes/", {"anon": True})
+        stores = read_zarr(["data/run1/", "data/run2/*/ep_00*.zarr"])
     """
     options = dict(storage_options or {})
+    uris = [uri] if isinstance(uri, str | os.PathLike) else list(uri)
+    found: dict[str, StoreFile] = {}
+    for one in map(os.fspath, uris):
+        for root in _expand(one, options):
+            for file in _discover(root, options):
+                found.setdefault(file.uri, file)
+    return [ZarrStore(file=found[u], storage_options=options) for u in sorted(found)]
+
+
+def _expand(uri: str, options: dict[str, Any]) -> list[str]:
+    """``uri``, or what its glob pattern matches (in the form given: path or URL)."""
+    if uri.startswith("zip::") or not glob.has_magic(uri):
+        return [uri]
+    fs, pattern = fsspec.url_to_fs(uri, **options)
+    matches = sorted(fs.glob(pattern.rstrip("/")))
+    if not matches:
+        raise FileNotFoundError(f"no path matches {redact.redact_uri(uri)!r}")
+    return [fs.unstrip_protocol(m) if "://" in uri else m for m in matches]
+
+
+def _discover(uri: str, options: dict[str, Any]) -> list[StoreFile]:
+    """The store roots under one ``uri``, relative to it (or ``uri`` itself, if a store)."""
     if uri.startswith("zip::"):
-        return [ZarrStore(uri=uri, storage_options=options)]
+        return [StoreFile.from_uri(uri)]
     fs, root = fsspec.url_to_fs(uri, **options)
     root = root.rstrip("/") or root
     if root.endswith(".zip") and fs.isfile(root):
-        return [ZarrStore(uri=uri, storage_options=options)]
+        return [StoreFile.from_uri(uri)]
     if not fs.isdir(root):
         raise FileNotFoundError(f"no directory at {redact.redact_uri(uri)!r}")
-
-    def unstrip(path: str) -> str:
-        return fs.unstrip_protocol(path) if "://" in uri else path
 
     def listing(path: str) -> list[dict]:
         return fs.ls(path, detail=True, refresh=True) if fs.async_impl else fs.ls(path, detail=True)
@@ -222,7 +355,12 @@ def read_zarr(uri: str, storage_options: dict[str, Any] | None = None) -> list[Z
                     elif name.endswith(".zip"):
                         found.append(name)
             level = next_level
-    return [ZarrStore(uri=unstrip(p), storage_options=options) for p in sorted(found)]
+    if found == [root]:
+        return [StoreFile.from_uri(uri)]
+    source = uri.rstrip("/") or uri
+    if is_local(source):
+        source = f"file://{os.path.abspath(local_path(source))}"
+    return [StoreFile(source=source, path=p[len(root) :].lstrip("/")) for p in found]
 
 
-__all__ = ["ZarrArray", "ZarrInfo", "ZarrSelection", "ZarrStore", "read_zarr"]
+__all__ = ["StoreFile", "ZarrArray", "ZarrInfo", "ZarrSelection", "ZarrStore", "read_zarr"]

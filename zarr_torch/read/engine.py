@@ -47,10 +47,12 @@ async def read_items(
     retry: RetryPolicy | None = None,
     cache: ChunkCache | None = None,
     threads: int | None = None,
+    item_axes: Sequence[int] | None = None,
 ) -> list[np.ndarray | BaseException]:
     """Item ``starts[k]`` (or the window of ``length`` rows there) of array
     ``specs[array_ids[k]]`` for every ``k``, in order; a failed item's place holds its
     exception. Items of one frame shape and dtype are views of one batch array.
+    ``item_axes[a]`` is how many leading axes of array ``a`` number its items (default 1).
 
     ``cache`` and ``threads`` are the caller's budget (a dataset's own); by default the
     process's shared cache and one decode thread per core.
@@ -72,7 +74,8 @@ async def read_items(
                     out[k] = arr
                 continue
             uri, path, options = specs[int(a)]
-            layouts.append(layout_of((uri, path, options_key(options)), arr))
+            axes = 1 if item_axes is None else item_axes[int(a)]
+            layouts.append(layout_of((uri, path, options_key(options)), arr, axes))
         batches = _allocate(layouts, len(starts), length)
         reads = [
             _ArrayRead(layout, m, starts[m], span, batch if length else batch[:, None], strict, budget)
@@ -107,7 +110,7 @@ def _allocate(layouts: list[Layout | None], n: int, length: int) -> list[np.ndar
         if layout is None:
             batches.append(None)
             continue
-        item = ((length,) if length else ()) + layout.shape[1:]
+        item = ((length,) if length else ()) + layout.item_shape
         key = (item, layout.dtype.str)
         if key not in shapes:
             shapes[key] = np.empty((n, *item), dtype=layout.dtype)
@@ -140,10 +143,10 @@ class _ArrayRead:
         strict: bool,
         budget: _Budget,
     ) -> None:
-        bad = (starts < 0) | (starts + span > layout.shape[0])
+        bad = (starts < 0) | (starts + span > layout.items)
         #: the exception of every batch position that failed.
         self.failed: dict[int, BaseException] = {
-            int(p): IndexError(f"rows {s}-{s + span - 1} are outside the array's {layout.shape[0]} rows")
+            int(p): IndexError(f"rows {s}-{s + span - 1} are outside the array's {layout.items} rows")
             for p, s in zip(positions[bad], starts[bad], strict=True)
         }
         self.layout, self.positions, self.starts = layout, positions[~bad], starts[~bad]
@@ -269,6 +272,7 @@ class _Decode:
 
     def place(self, i: int, chunk: np.ndarray) -> None:
         """Copy a decoded chunk of task ``i`` into the batch; keep it if worth it."""
+        chunk = self.layout.as_rows(chunk)
         scatter(self.batch, self.tasks[i], chunk, self.span)
         if self.keep:
             self.budget.cache.put((self.layout.name, self.tasks[i].coords), np.asarray(chunk))

@@ -12,8 +12,9 @@ store is (a local folder or zip is read in place, see :mod:`.files`), and how to
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -51,13 +52,34 @@ class Layout:
     sharding: Any = None
     index_size: int = 0
     index_at_start: bool = False
+    #: how many leading axes address an item (see ``ArrayEntry.item_axes``).
+    item_axes: int = 1
+
+    @property
+    def items(self) -> int:
+        """How many items the array holds over its item axes."""
+        return math.prod(self.shape[: self.item_axes])
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """The shape of one item: the axes after the item axes."""
+        return self.shape[self.item_axes :]
+
+    @functools.cached_property
+    def grid(self) -> tuple[int, ...]:
+        """Chunks per axis."""
+        return tuple(-(-n // c) for n, c in zip(self.shape, self.chunk, strict=True))
+
+    def as_rows(self, chunk: np.ndarray) -> np.ndarray:
+        """A decoded chunk as rows of items: its item axes flattened into one."""
+        return chunk if self.item_axes == 1 else chunk.reshape(-1, *self.chunk[self.item_axes :])
 
     @functools.cached_property
     def name(self) -> Hashable:
         """What this array's cached chunks and shard indexes are kept under: the array and
         the metadata they were decoded with, so a store rewritten with another shape,
         chunking or dtype never gets chunks decoded for the old one."""
-        return self.key, self.shape, self.chunk, self.shard, self.dtype.str
+        return self.key, self.shape, self.chunk, self.shard, self.dtype.str, self.item_axes
 
     @functools.cached_property
     def read_bound(self) -> int:
@@ -77,15 +99,16 @@ class Layout:
     def cached(self, span: int) -> bool:
         """Whether decoded chunks are worth keeping: a chunk serves several items
         (several frames per chunk, or windows that overlap)."""
-        return self.chunk[0] > 1 or span > 1
+        return math.prod(self.chunk[: self.item_axes]) > 1 or span > 1
 
 
-def layout_of(key: Hashable, arr: AsyncArray) -> Layout:
-    """The layout of the open array ``arr`` known to this process as ``key`` (made once)."""
+def layout_of(key: Hashable, arr: AsyncArray, item_axes: int = 1) -> Layout:
+    """The layout of the open array ``arr`` known to this process as ``key`` (made once),
+    its items over the first ``item_axes`` axes."""
     layouts = process_state().layouts
     if key not in layouts:
         layouts[key] = _make(key, arr)
-    return layouts[key]
+    return layouts[key] if item_axes == 1 else replace(layouts[key], item_axes=item_axes)
 
 
 def _make(key: Hashable, arr: AsyncArray) -> Layout:

@@ -1,7 +1,8 @@
 """Plan: which chunks a batch needs, and where each chunk's rows go in the batch.
 
 Items are runs of ``span`` rows on the leading axis (one frame, or a window), each the
-whole extent of the other axes. A chunk grid may cut the leading axis (several frames
+whole extent of the other axes; or single items over several leading axes (a (t, c, z)
+plane), numbered in C order. A chunk grid may cut the leading axis (several frames
 per chunk) and the other axes too (spatial tiles); every chunk a batch touches becomes
 one :class:`Task`, listed once however many items need it.
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,34 +40,44 @@ class Task:
 
 
 def plan(layout: Layout, positions: np.ndarray, starts: np.ndarray, span: int) -> list[Task]:
-    """The tasks that fill batch items ``positions`` with rows ``starts[k] : starts[k] + span``."""
-    c0 = layout.chunk[0]
-    first, last = starts // c0, (starts + span - 1) // c0
-    if span == 1 or (first == last).all():  # each item inside one chunk row
-        item, lead = np.arange(len(starts)), first
+    """The tasks that fill batch items ``positions`` with rows ``starts[k] : starts[k] + span``.
+
+    Rows number the items over the layout's item axes; a chunk's rows are its items in
+    the same order (see ``Layout.as_rows``). Windows (``span > 1``) run on one axis.
+    """
+    if span == 1:  # each item in one chunk: the chunk holding it, and its row there
+        at = np.unravel_index(starts, layout.shape[: layout.item_axes])
+        chunk, grid = layout.chunk[: layout.item_axes], layout.grid[: layout.item_axes]
+        item = np.arange(len(starts))
+        lead = np.ravel_multi_index([a // c for a, c in zip(at, chunk, strict=True)], grid)
+        src = np.ravel_multi_index([a % c for a, c in zip(at, chunk, strict=True)], chunk)
+        dst, rows = np.zeros_like(src), np.ones_like(src)
     else:
+        c0 = layout.chunk[0]
+        first, last = starts // c0, (starts + span - 1) // c0
         count = last - first + 1
         item = np.repeat(np.arange(len(starts)), count)
         lead = np.repeat(first, count) + (np.arange(len(item)) - np.repeat(np.cumsum(count) - count, count))
+        lo = np.maximum(starts[item], lead * c0)
+        hi = np.minimum(starts[item] + span, (lead + 1) * c0)
+        src, dst, rows = lo - lead * c0, lo - starts[item], hi - lo
     # Pieces sorted by chunk row, as flat columns; each chunk row is one slice of them.
     order = np.argsort(lead, kind="stable")
-    item, lead = item[order], lead[order]
-    lo = np.maximum(starts[item], lead * c0)
-    hi = np.minimum(starts[item] + span, (lead + 1) * c0)
-    pos, src, dst, rows = positions[item], lo - lead * c0, lo - starts[item], hi - lo
+    lead, pos, src, dst, rows = lead[order], positions[item[order]], src[order], dst[order], rows[order]
     edges = [0, *(np.flatnonzero(lead[1:] != lead[:-1]) + 1).tolist(), len(lead)]
-    tiles = tiles_of(layout)
+    tiles, grid = tiles_of(layout), layout.grid[: layout.item_axes]
     tasks = []
     for a, b in itertools.pairwise(edges):
-        c = int(lead[a])
+        c = (int(lead[a]),) if len(grid) == 1 else tuple(map(int, np.unravel_index(int(lead[a]), grid)))
         for coords, region, src_region in tiles:
-            tasks.append(Task((c, *coords), pos[a:b], src[a:b], dst[a:b], rows[a:b], region, src_region))
+            tasks.append(Task((*c, *coords), pos[a:b], src[a:b], dst[a:b], rows[a:b], region, src_region))
     return tasks
 
 
 def one_frame_chunks(layout: Layout, span: int) -> bool:
     """True when every chunk is exactly one item's frame: it can decode straight into the batch."""
-    return span == 1 and layout.chunk[0] == 1 and layout.chunk[1:] == layout.shape[1:]
+    k = layout.item_axes
+    return span == 1 and math.prod(layout.chunk[:k]) == 1 and layout.chunk[k:] == layout.item_shape
 
 
 @functools.cache
@@ -83,4 +95,4 @@ def _tiles(shape: tuple[int, ...], chunk: tuple[int, ...]) -> tuple:
 
 def tiles_of(layout: Layout) -> tuple:
     """(grid coordinates, batch region, chunk region) of every tile of a frame."""
-    return _tiles(layout.shape[1:], layout.chunk[1:])
+    return _tiles(layout.item_shape, layout.chunk[layout.item_axes :])
