@@ -74,3 +74,79 @@ def local_stores(tmp_path) -> str:
     """Three local chunk-4 stores of 10 frames each; returns their root folder."""
     write_stores(str(tmp_path / "stores"), stores=3, frames=10, size=SIZE, chunk=4)
     return str(tmp_path / "stores")
+
+
+class CountingHTTPServer:
+    """``directory`` served by the standard library's ``ThreadingHTTPServer`` and
+    ``SimpleHTTPRequestHandler`` on 127.0.0.1 in a thread, counting the requests in flight
+    (from the request line read until just before the answer goes out, a span within the
+    client's wait for it): ``peak`` is their most at once.
+
+    ``delay`` seconds of wait in every request make concurrent requests overlap. Its listen
+    backlog is 128, not http.server's 5 (whose one-second stalls the benchmarks show).
+    """
+
+    def __init__(self, directory: str, delay: float = 0.0) -> None:
+        import functools
+        import threading
+        import time
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        self.directory, self.delay = directory, delay
+        self.lock = threading.Lock()
+        self.in_flight = self.peak = self.requests = 0
+        counter = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.counted(super().do_GET)
+
+            def do_HEAD(self) -> None:
+                self.counted(super().do_HEAD)
+
+            def counted(self, respond) -> None:
+                with counter.lock:
+                    counter.in_flight += 1
+                    counter.requests += 1
+                    counter.peak = max(counter.peak, counter.in_flight)
+                try:
+                    time.sleep(counter.delay)
+                finally:
+                    with counter.lock:  # before answering: a client that has its answer may
+                        counter.in_flight -= 1  # send the next request before this thread runs on
+                respond()
+
+            def log_message(self, format: str, *args) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), functools.partial(Handler, directory=directory))
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
+        self.thread.daemon = True
+        self.thread.start()
+
+    def reset(self) -> None:
+        """Count afresh: no requests seen, peak 0."""
+        with self.lock:
+            self.peak = self.requests = 0
+
+    def close(self) -> None:
+        """Stop serving: the serving loop ends within its 0.05 s poll; requests in flight are
+        daemon threads, never waited for."""
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def http_server(tmp_path) -> Iterator[CountingHTTPServer]:
+    """A :class:`CountingHTTPServer` of the folder ``tmp_path / "www"`` (empty at first)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    server = CountingHTTPServer(str(root))
+    yield server
+    server.close()

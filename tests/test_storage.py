@@ -1,7 +1,9 @@
-"""Retries of transient storage failures and strict missing chunks, through real faults.
+"""Retries of transient storage failures, strict missing chunks and per-host request
+limits, through real faults and real servers.
 
 S3 runs as moto's server on 127.0.0.1; a FaultProxy in front of it fails or resets
-requests; reads go through s3fs over HTTP and real DataLoader workers.
+requests; reads go through s3fs over HTTP and real DataLoader workers. Plain HTTP is the
+standard library's threaded http.server, counting the requests it has in flight.
 """
 
 from __future__ import annotations
@@ -14,17 +16,22 @@ import time
 
 import numpy as np
 import pytest
+import torch
+import zarr
 from botocore.exceptions import ClientError, EndpointConnectionError
 from checks import assert_every_frame_once
 from conftest import SIZE, reference
 from torch.utils.data import DataLoader
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.buffer.cpu import Buffer
 from zarr.storage import LocalStore
 from zarr.testing.store import StoreTests
 
-from zarr_torch import ZarrFrameDataset
+from zarr_torch import SelectionIndex, ZarrFrameDataset, read_zarr
 from zarr_torch.errors import ReadError
-from zarr_torch.storage import ReliableStore, RetryPolicy, is_transient, retrying
+from zarr_torch.process import run
+from zarr_torch.storage import HostLimit, ReliableStore, RetryPolicy, is_transient, retrying
+from zarr_torch.stores import REQUESTS_PER_HOST, get_store, host_limit, make_store, request_host
 from zarr_torch.synth import write_stores
 from zarr_torch.testing import FaultProxy, every_nth, failing_keys
 
@@ -223,6 +230,122 @@ def test_build_reports_missing_chunks(tmp_path):
     ):
         SelectionIndex.build(root, array=ARRAY, check_chunks=True)
     assert len(SelectionIndex.build(root, array=ARRAY)) == 24, "unchecked builds do not list"
+
+
+# -- requests in flight per host ---------------------------------------------------------
+
+HTTP_STORES, HTTP_FRAMES = 3, 32
+
+
+@pytest.fixture
+def http_stores(http_server) -> tuple[list[str], np.ndarray]:
+    """Chunk-1 stores served over plain HTTP (their URLs: http.server lists no prefix for
+    discovery), and every frame as zarr itself reads the local stores."""
+    paths = write_stores(
+        f"{http_server.directory}/eps", stores=HTTP_STORES, frames=HTTP_FRAMES, size=SIZE, chunk=1
+    )
+    urls = [f"{http_server.url}/eps/{os.path.basename(p)}" for p in paths]
+    expected = np.concatenate([zarr.open_array(p, path=ARRAY, mode="r")[:] for p in paths])
+    np.testing.assert_array_equal(expected, reference(HTTP_STORES, HTTP_FRAMES))
+    return urls, expected
+
+
+def every_batch(ds: ZarrFrameDataset) -> list[torch.Tensor]:
+    return list(DataLoader(ds, batch_size=32))
+
+
+def test_max_requests_per_host_bounds_the_requests_in_flight(http_server, http_stores):
+    urls, expected = http_stores
+    http_server.delay = 0.02  # requests sent together overlap on the server
+    index = SelectionIndex.build(urls, array=ARRAY, storage_options={"max_requests_per_host": 3})
+    assert_every_frame_once(every_batch(ZarrFrameDataset(index)), expected, HTTP_FRAMES)
+    assert http_server.requests >= HTTP_STORES * HTTP_FRAMES
+    assert 0 < http_server.peak <= 3, "discovery and batch reads both keep to the limit"
+
+    http_server.reset()
+    ds = ZarrFrameDataset(index, storage_options={"max_requests_per_host": 32})
+    assert_every_frame_once(every_batch(ds), expected, HTTP_FRAMES)
+    assert http_server.requests >= HTTP_STORES * HTTP_FRAMES
+    assert 3 < http_server.peak <= 32, "a batch's 32 chunk requests go out together"
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_stores_over_plain_http_read_pixel_exact_in_workers_and_from_a_saved_index(
+    http_server, http_stores, tmp_path, context
+):
+    urls, expected = http_stores
+    options = {"max_requests_per_host": 4}
+    SelectionIndex.build(urls, array=ARRAY, storage_options=options).save(tmp_path / "web.zti")
+    index = SelectionIndex.load(tmp_path / "web.zti", storage_options=options)
+    assert [s.uri for s in index.stores] == urls
+    assert [s.uri for s in read_zarr(f"{http_server.url}/eps/", options)] == urls, "found from its listing"
+    loader = DataLoader(
+        ZarrFrameDataset(index),
+        batch_size=16,
+        shuffle=True,
+        num_workers=2,
+        multiprocessing_context=context,
+        timeout=120,
+    )
+    assert_every_frame_once(loader, expected, HTTP_FRAMES)
+    assert http_server.peak <= 2 * 4, "each of the two workers keeps to the limit"
+
+
+def test_max_requests_per_host_is_zarr_torchs_own_option(http_server, http_stores):
+    urls, _ = http_stores
+    limited = get_store(urls[0], {"max_requests_per_host": 2})
+    assert limited.limit == HostLimit(http_server.url, 2)
+    assert get_store(urls[0], {"max_requests_per_host": 2}) is limited
+    assert get_store(urls[1], {"max_requests_per_host": 2}).limit == limited.limit, "one host, one limit"
+    other = get_store(urls[0], {"max_requests_per_host": 5})
+    assert other is not limited and other.limit == HostLimit(http_server.url, 5)
+    assert get_store(urls[0]).limit == HostLimit(http_server.url, REQUESTS_PER_HOST)
+    # never passed to fsspec: aiohttp would refuse it as a keyword of every request
+    raw = make_store(urls[0], {"max_requests_per_host": 2})
+    assert run(raw.get("zarr.json", default_buffer_prototype())) is not None
+    with open(f"{http_server.directory}/eps/episode_00000.zarr/zarr.json", "rb") as f:
+        document = f.read()
+    assert run(limited.getsize("zarr.json")) == len(document)
+    ranges = [("zarr.json", None), ("absent.json", None), ("zarr.json", None)]  # http.server ignores Range
+    got = run(limited.get_partial_values(default_buffer_prototype(), ranges))
+    assert [b and b.to_bytes() for b in got] == [document, None, document]
+
+
+def test_host_slots_are_per_event_loop(http_server, http_stores):
+    urls, _ = http_stores
+    http_server.delay = 0.01
+    keys = [f"{ARRAY}/c/{t}/0/0/0" for t in range(8)]
+
+    async def read_together() -> None:
+        # a new HTTP session for this loop (an aiohttp session serves one), the host's slots
+        store = ReliableStore(
+            make_store(urls[0], {"skip_instance_cache": True}), limit=HostLimit(http_server.url, 1)
+        )
+        got = await asyncio.gather(*(store.get(k, default_buffer_prototype()) for k in keys))
+        assert all(b is not None for b in got)
+        await (await store._store.fs.set_session()).close()
+
+    http_server.reset()
+    asyncio.run(read_together())
+    asyncio.run(read_together())  # a semaphore of the first loop would refuse this one
+    run(read_together())  # zarr's own loop
+    assert http_server.requests == 24 and http_server.peak == 1
+
+
+def test_host_limits(tmp_path):
+    assert host_limit(str(tmp_path)) is None and host_limit(f"file://{tmp_path}") is None
+    assert host_limit(f"{tmp_path}/ep.zarr.zip", {"max_requests_per_host": 4}) is None
+    assert host_limit("https://example.com/ep.zarr") == HostLimit("https://example.com", REQUESTS_PER_HOST)
+    assert request_host("http://user:hunter2@Example.com:8000/a/ep.zarr") == "http://example.com:8000"
+    assert request_host("zip::http://[::1]:81/ep.zarr.zip") == "http://[::1]:81"
+    assert request_host("s3://bucket/ep.zarr") == "s3://bucket"
+    endpoint = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    assert request_host("s3://bucket/ep.zarr", endpoint) == "http://127.0.0.1:9000"
+    for bad in (0, -1, 2.5, "4", True):
+        options = {"max_requests_per_host": bad, "secret": "hunter2"}
+        with pytest.raises(ValueError, match="max_requests_per_host") as info:
+            get_store("http://user:hunter2@127.0.0.1:1/ep.zarr", options)
+        assert "hunter2" not in str(info.value)
 
 
 # -- zarr's store conformance suite ------------------------------------------------------

@@ -27,7 +27,7 @@ from zarr.core.group import AsyncGroup
 from zarr.storage import FsspecStore, LocalStore, ZipStore
 
 from zarr_torch import process, redact
-from zarr_torch.stores import is_local, local_path, open_array, open_node, options_key
+from zarr_torch.stores import fsspec_options, is_local, local_path, open_array, open_node, options_key
 
 Media = Literal["image", "audio", "video"]
 
@@ -317,7 +317,7 @@ def _expand(uri: str, options: dict[str, Any]) -> list[str]:
     """``uri``, or what its glob pattern matches (in the form given: path or URL)."""
     if uri.startswith("zip::") or not glob.has_magic(uri):
         return [uri]
-    fs, pattern = fsspec.url_to_fs(uri, **options)
+    fs, pattern = fsspec.url_to_fs(uri, **fsspec_options(options))
     matches = sorted(fs.glob(pattern.rstrip("/")))
     if not matches:
         raise FileNotFoundError(f"no path matches {redact.redact_uri(uri)!r}")
@@ -328,7 +328,7 @@ def _discover(uri: str, options: dict[str, Any]) -> list[StoreFile]:
     """The store roots under one ``uri``, relative to it (or ``uri`` itself, if a store)."""
     if uri.startswith("zip::"):
         return [StoreFile.from_uri(uri)]
-    fs, root = fsspec.url_to_fs(uri, **options)
+    fs, root = fsspec.url_to_fs(uri, **fsspec_options(options))
     root = root.rstrip("/") or root
     if root.endswith(".zip") and fs.isfile(root):
         return [StoreFile.from_uri(uri)]

@@ -1,4 +1,4 @@
-"""What one process holds: open stores and arrays, caches, decode threads and counters.
+"""What one process holds: open stores and arrays, caches, decode threads, request slots and counters.
 
 Every process (the main one, each ``DataLoader`` worker, each ``torchrun`` rank) opens
 what it touches lazily and once. The holder is keyed by ``os.getpid()`` and dropped in
@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import threading
+import weakref
 from collections.abc import Awaitable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,6 +73,12 @@ class ProcessState:
     #: decode threads of reads that name no budget.
     decode_threads: int = field(default_factory=available_cores)
     pools: dict[int, ThreadPoolExecutor] = field(default_factory=dict)
+    #: semaphores bounding the requests in flight to one host (see :meth:`request_slots`),
+    #: by event loop, then by (host, limit).
+    host_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, asyncio.Semaphore]] = (
+        field(default_factory=weakref.WeakKeyDictionary)
+    )
+    _slots_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def pool(self, threads: int | None = None) -> ThreadPoolExecutor:
         """A pool of ``threads`` decode threads (default ``decode_threads``), made on first use.
@@ -84,6 +92,16 @@ class ProcessState:
                 threads, thread_name_prefix=f"zarr_torch_decode{threads}"
             )
         return self.pools[threads]
+
+    def request_slots(self, host: Hashable, limit: int) -> asyncio.Semaphore:
+        """The semaphore admitting ``limit`` requests to ``host`` at once in the running event
+        loop (an asyncio semaphore serves one loop: each loop, and each process, has its own)."""
+        loop = asyncio.get_running_loop()
+        with self._slots_lock:  # loops of several threads may ask at once
+            slots = self.host_slots.setdefault(loop, {})
+            if (host, limit) not in slots:
+                slots[host, limit] = asyncio.Semaphore(limit)
+            return slots[host, limit]
 
     def cache_for(self, owner: Hashable, budget: int) -> ChunkCache:
         """The decoded-chunk cache of ``owner`` (a dataset's token), of ``budget`` bytes."""

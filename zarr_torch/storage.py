@@ -10,7 +10,18 @@ message text.
 Zarr returns the fill value for a chunk that does not exist, so a half-uploaded store
 reads as black frames. Inside ``read_options(strict=True)``, a missing chunk is an error.
 
+A :class:`HostLimit` bounds the requests in flight to one host: a batch sends all its
+chunk requests at once, which S3 takes but a small server does not. Each attempt holds
+one of the host's slots while it is in flight (never while it waits to retry); the
+storage option ``max_requests_per_host`` sets the limit (default 64 for every store
+reached over a network, see :mod:`zarr_torch.stores`). ``python -m http.server`` accepts
+5 pending connections (its listen backlog) and each connection beyond them stalls a
+second or more (the client's retried SYN): give it ``{"max_requests_per_host": 4}``.
+The limit holds in each process (and event loop): ``DataLoader`` workers have one each.
+
     store = ReliableStore(FsspecStore.from_url("s3://bucket/ep.zarr"), RetryPolicy(deadline=30))
+    store = ReliableStore(FsspecStore.from_url("http://host:8000/ep.zarr"),
+                          limit=HostLimit("http://host:8000", 4))
 """
 
 from __future__ import annotations
@@ -18,16 +29,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import WrapperStore
+
+from zarr_torch.process import process_state
 
 T = TypeVar("T")
 
@@ -168,22 +182,58 @@ def _is_chunk_key(key: str) -> bool:
     return key.rsplit("/", 1)[-1] not in METADATA_NAMES
 
 
+@dataclass(frozen=True)
+class HostLimit:
+    """At most ``requests`` requests in flight to ``host`` at once, in each process and
+    event loop, from every store given this limit.
+
+    ``host`` names the server, ``scheme://host:port``, without credentials (see
+    :func:`zarr_torch.stores.request_host`). Stores of one host with different limits
+    do not share slots.
+    """
+
+    host: str
+    requests: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.requests, bool) or not isinstance(self.requests, int) or self.requests < 1:
+            raise ValueError(
+                f"max_requests_per_host is a whole number of requests, at least 1, not {self.requests!r}"
+            )
+
+    def slots(self) -> asyncio.Semaphore:
+        """The semaphore of this host and limit in this process and the running event loop."""
+        return process_state().request_slots(self.host, self.requests)
+
+
 class ReliableStore(WrapperStore[Store]):
     """A read-only view of a store whose reads retry transient failures.
 
     Under ``read_options(strict=True)``, a chunk key that is absent raises
-    :class:`MissingChunkError` instead of reading as the fill value.
+    :class:`MissingChunkError` instead of reading as the fill value. With a ``limit``,
+    every read request (get, ranges, exists, sizes, listings) holds one of the host's
+    slots while it is in flight.
     """
 
-    def __init__(self, store: Store, policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self, store: Store, policy: RetryPolicy | None = None, limit: HostLimit | None = None
+    ) -> None:
         super().__init__(store)
         self.policy = policy or RetryPolicy()
+        self.limit = limit
 
     def _with_store(self, store: Store) -> ReliableStore:
-        return type(self)(store, self.policy)
+        return type(self)(store, self.policy, self.limit)
+
+    async def _request(self, call: Callable[[], Awaitable[T]]) -> T:
+        """One attempt, holding a slot of the host (when limited) until it is answered."""
+        if self.limit is None:
+            return await call()
+        async with self.limit.slots():
+            return await call()
 
     def _retry(self, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
-        return retrying(call, _policy.get() or self.policy)
+        return retrying(lambda: self._request(call), _policy.get() or self.policy)
 
     def _check(self, key: str, value: Buffer | None) -> Buffer | None:
         if value is None and _strict.get() and _is_chunk_key(key):
@@ -200,11 +250,52 @@ class ReliableStore(WrapperStore[Store]):
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]:
         key_ranges = list(key_ranges)
-        values = await self._retry(lambda: self._store.get_partial_values(prototype, key_ranges))
+        if self.limit is None:
+            values = await self._retry(lambda: self._store.get_partial_values(prototype, key_ranges))
+        else:  # one request per range, each in a slot (the wrapped store would send all at once)
+            values = await asyncio.gather(
+                *(self._retry(functools.partial(self._store.get, k, prototype, r)) for k, r in key_ranges)
+            )
         return [self._check(k, v) for (k, _), v in zip(key_ranges, values, strict=True)]
+
+    async def _get_many(
+        self, requests: Iterable[tuple[str, BufferPrototype, ByteRequest | None]]
+    ) -> AsyncGenerator[tuple[str, Buffer | None], None]:
+        for key, prototype, byte_range in requests:  # zarr's own default, through this store's get
+            yield key, await self.get(key, prototype, byte_range)
+
+    if hasattr(Store, "get_ranges"):  # zarr >= 3.2: coalesced ranges fetched through get, above
+
+        def get_ranges(self, key: str, byte_ranges: Any, *, prototype: BufferPrototype, **kwargs: Any) -> Any:
+            options = {k: v for k, v in kwargs.items() if v is not None}
+            return Store.get_ranges(self, key, byte_ranges, prototype=prototype, **options)  # type: ignore[attr-defined]
 
     async def exists(self, key: str) -> bool:
         return await self._retry(lambda: self._store.exists(key))
+
+    async def getsize(self, key: str) -> int:
+        return await self._retry(lambda: self._store.getsize(key))
+
+    def list(self) -> AsyncIterator[str]:
+        return self._listing(self._store.list)
+
+    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        return self._listing(lambda: self._store.list_prefix(prefix))
+
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        return self._listing(lambda: self._store.list_dir(prefix))
+
+    async def _listing(self, keys: Callable[[], AsyncIterator[str]]) -> AsyncIterator[str]:
+        """The keys a listing gives, listed whole within one slot when limited (so that
+        whoever reads them may make requests of the host meanwhile)."""
+        if self.limit is None:
+            async for key in keys():
+                yield key
+            return
+        async with self.limit.slots():
+            listed = [key async for key in keys()]
+        for key in listed:
+            yield key
 
     def __repr__(self) -> str:
         return f"ReliableStore({self._store!r})"

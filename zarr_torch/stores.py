@@ -1,6 +1,15 @@
 """Making stores and opening arrays: once per process, through the retrying wrapper.
 
 arr = run(open_array("s3://bucket/ep0.zarr", "data/camera0_rgb", {"anon": True}))
+
+One storage option is zarr_torch's own, never passed to fsspec: ``max_requests_per_host``,
+the requests in flight at once to one server from each process (default
+:data:`REQUESTS_PER_HOST`, 64, for every store reached over a network; local folders and
+zips are read in place). S3 takes that many; a small HTTP server may not:
+``python -m http.server`` (listen backlog 5) stalls each connection beyond its backlog a
+second or more (the client's retried SYN), so give it ``{"max_requests_per_host": 4}``:
+
+    ds = ZarrFrameDataset(index, storage_options={"max_requests_per_host": 4})
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import zarr.api.asynchronous as zasync
 from zarr.abc.store import Store
@@ -20,11 +30,18 @@ from zarr.storage import FsspecStore, LocalStore, ZipStore
 
 from zarr_torch.process import gather_bounded, process_state, run
 from zarr_torch.redact import redact_uri, scrub
-from zarr_torch.storage import ReliableStore
+from zarr_torch.storage import HostLimit, ReliableStore
 
 Options = Mapping[str, Any]
 #: connections s3fs may hold open to S3 unless the storage options say otherwise.
 S3_CONNECTIONS = 64
+#: the storage option bounding the requests in flight to one host, from each process and
+#: event loop (see :func:`host_limit`); zarr_torch's own, never passed to fsspec.
+#: ``python -m http.server`` (listen backlog 5) needs ``{"max_requests_per_host": 4}``.
+MAX_REQUESTS_OPTION = "max_requests_per_host"
+#: requests in flight to one host when the storage options do not say: as many as the
+#: connections of an S3 store (:data:`S3_CONNECTIONS`).
+REQUESTS_PER_HOST = S3_CONNECTIONS
 
 
 def is_local(uri: str) -> bool:
@@ -47,17 +64,66 @@ def options_key(options: Options | None) -> str:
     return json.dumps(options or {}, sort_keys=True, default=repr)
 
 
+def fsspec_options(storage_options: Options | None) -> dict[str, Any]:
+    """``storage_options`` without zarr_torch's own (``max_requests_per_host``): what fsspec
+    gets (aiohttp would refuse an unknown keyword)."""
+    return {k: v for k, v in (storage_options or {}).items() if k != MAX_REQUESTS_OPTION}
+
+
+def request_host(uri: str, storage_options: Options | None = None) -> str | None:
+    """The server that requests for ``uri`` go to, as ``scheme://host:port`` (never with
+    credentials); None for stores read in place (local folders and zips, ``memory://``).
+
+    An S3 store's host is its ``endpoint_url`` (in ``client_kwargs`` or the options), else
+    its bucket; a chained URL's (``zip::``, ``simplecache::``) is its last URL's.
+    """
+    target = re.split(r"::(?=[A-Za-z][A-Za-z0-9+.-]*://)", uri)[-1]  # not an IPv6 host's "::"
+    if is_local(target) or target.startswith("memory://"):
+        return None
+    options = storage_options or {}
+    if target.startswith("s3://"):
+        endpoint = (options.get("client_kwargs") or {}).get("endpoint_url") or options.get("endpoint_url")
+        target = str(endpoint) if endpoint else target
+    parts = urlsplit(target)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # a port that is no number: the host alone
+        port = None
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def host_limit(uri: str, storage_options: Options | None = None) -> HostLimit | None:
+    """How many requests may be in flight at once to ``uri``'s host, from each process:
+    ``max_requests_per_host`` of ``storage_options`` (a positive int), else
+    :data:`REQUESTS_PER_HOST` (64); None for stores read in place (local folders and zips).
+
+    ``python -m http.server`` (listen backlog 5) needs ``{"max_requests_per_host": 4}``;
+    object stores take the default. Raises ``ValueError`` for a limit that is not a
+    positive whole number.
+    """
+    requests = (storage_options or {}).get(MAX_REQUESTS_OPTION)
+    host = request_host(uri, storage_options)
+    limit = HostLimit(host or "", REQUESTS_PER_HOST if requests is None else requests)  # validates it
+    return None if host is None else limit
+
+
 def make_store(uri: str, storage_options: Options | None = None, *, read_only: bool = True) -> Store:
     """A zarr store for ``uri``: a local path, ``file://``, a zipped store (``ep.zarr.zip``,
-    ``zip::file:///ep.zarr.zip``, ``zip::s3://bucket/ep.zarr.zip``) or any fsspec URL."""
+    ``zip::file:///ep.zarr.zip``, ``zip::s3://bucket/ep.zarr.zip``) or any fsspec URL.
+
+    ``max_requests_per_host`` is not the store's (:func:`get_store` applies it) and never
+    reaches fsspec."""
     if is_zip(uri):
         inner = uri.removeprefix("zip::")
         if is_local(inner):  # zarr's ZipStore: one open zip file, its members read in place
             return ZipStore(local_path(inner), mode="r" if read_only else "a")
-        return FsspecStore.from_url(uri, storage_options=dict(storage_options or {}), read_only=True)
+        return FsspecStore.from_url(uri, storage_options=fsspec_options(storage_options), read_only=True)
     if is_local(uri):
         return LocalStore(local_path(uri), read_only=read_only)
-    options = dict(storage_options or {})
+    options = fsspec_options(storage_options)
     if uri.startswith("s3://"):
         # botocore's default pool of 10 connections caps a batch's fetches; retries are
         # ReliableStore's alone (s3fs's 5 attempts times botocore's 5 stacked up under it).
@@ -76,12 +142,15 @@ def make_store(uri: str, storage_options: Options | None = None, *, read_only: b
 def get_store(uri: str, storage_options: Options | None = None) -> Store:
     """This process's read-only store for ``uri``, created on first use.
 
-    Its reads retry transient failures (see :mod:`zarr_torch.storage`).
+    Its reads retry transient failures (see :mod:`zarr_torch.storage`) and hold one of
+    the host's :func:`host_limit` slots while in flight. The store is cached by ``uri``
+    and all of ``storage_options``, ``max_requests_per_host`` included.
     """
     state = process_state()
     key = (uri, options_key(storage_options))
     if key not in state.stores:
-        state.stores[key] = ReliableStore(make_store(uri, storage_options))
+        limit = host_limit(uri, storage_options)
+        state.stores[key] = ReliableStore(make_store(uri, storage_options), limit=limit)
     return state.stores[key]
 
 
@@ -160,7 +229,8 @@ async def open_array(
     if arr is None:
         node = await open_node(uri, path, storage_options, zarr_format=zarr_format)
         if not isinstance(node, AsyncArray):
-            raise ValueError(f"{path or '/'!r} is a group, not an array, in store {redact_uri(uri)!r}")
+            # datachain's wording, so a test's pytest.raises(match=...) holds for both libraries
+            raise ValueError(f"{path!r} is not a Zarr array in store {redact_uri(uri)!r}: it is a group")
         arr = state.arrays[key] = node
         state.layouts.pop(key, None)
     return arr
