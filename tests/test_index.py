@@ -23,6 +23,7 @@ from zarr_torch.cli import main
 from zarr_torch.index import ROW_DTYPE
 from zarr_torch.indexfile import MAGIC, rows_offset
 from zarr_torch.synth import make_actions, make_frames, write_metadata_stores, write_store, write_stores
+from zarr_torch.tables import TABLE_DTYPE
 
 ARRAY = "data/camera0_rgb"
 ACTION = "data/action"
@@ -214,6 +215,43 @@ def test_two_million_rows_within_16_bytes_a_row_on_disk(tmp_path):
 # -- rejected files ---------------------------------------------------------------------
 
 
+def test_a_saved_index_of_many_episodes_keeps_each_metadata_once_and_pickles_small(tmp_path):
+    root = str(tmp_path / "s")
+    write_stores(root, stores=4, frames=[20, 20, 20], size=SIZE, chunk=4)  # 3 episodes a store
+    index = SelectionIndex.build(root, array=ARRAY, window=5, episode_ends="meta/episode_ends")
+    assert len(index.arrays) == 12 and len(index.arrays.metas) == 1, "episodes share their metadata"
+    index.save(tmp_path / "w.zti")
+    loaded = SelectionIndex.load(tmp_path / "w.zti")
+    assert list(loaded.arrays) == list(index.arrays) and [e.episode for e in loaded.arrays][:2] == [
+        (0, 20),
+        (20, 40),
+    ]
+    copy, size = roundtrip_pickle(loaded[7:])
+    assert size < 4096 and list(copy.arrays) == list(index.arrays), "rows and arrays map from the file"
+    np.testing.assert_array_equal(pixels(copy[:9]), pixels(index[7:16]))
+
+
+@pytest.mark.parametrize("context", ["spawn", "forkserver"])
+def test_workers_open_arrays_from_a_saved_index_without_reading_their_metadata(
+    local_stores, tmp_path, context
+):
+    built(local_stores).save(tmp_path / "frames.zti")
+    index = SelectionIndex.load(tmp_path / "frames.zti")
+    for store in index.stores:  # the arrays' metadata documents are gone; their chunks are there
+        os.remove(f"{store.uri}/{ARRAY}/zarr.json")
+    loader = DataLoader(
+        ZarrFrameDataset(index),
+        batch_size=4,
+        shuffle=True,
+        num_workers=2,
+        multiprocessing_context=context,
+        timeout=60,
+    )
+    assert_every_frame_once(loader, reference(3, 10), 10)
+    with pytest.raises(FileNotFoundError, match="no Zarr array or group 'data/camera0_rgb'"):
+        ZarrFrameDataset(local_stores, array=ARRAY)  # stores indexed here: their metadata is read
+
+
 def _saved(local_stores: str, tmp_path) -> bytes:
     built(local_stores).save(tmp_path / "good.zti")
     return (tmp_path / "good.zti").read_bytes()
@@ -228,7 +266,10 @@ def _saved(local_stores: str, tmp_path) -> bytes:
         (lambda b: b + b"\0" * 16, r"corrupt index file"),
         (lambda b: b"\x89PNG\r\n\x1a\n" + b[8:], r"not a zarr_torch index file"),
         (lambda b: b"", r"not a zarr_torch index file"),
-        (lambda b: b[:8] + struct.pack("<I", 2) + b[12:], r"index format version 2 is not supported"),
+        (
+            lambda b: b[:8] + struct.pack("<I", 1) + b[12:],
+            r"index format version 1 is not supported.*build the index again",
+        ),
         (lambda b: b[:24] + b"[" + b[25:], r"corrupt index header \(it does not match its checksum"),
         (lambda b: resummed(b[:24] + b"[" + b[25:]), r"corrupt index header \(JSONDecodeError"),
     ],
@@ -239,7 +280,7 @@ def _saved(local_stores: str, tmp_path) -> bytes:
         "trailing",
         "png",
         "empty",
-        "v2",
+        "v1",
         "json",
         "json-resummed",
     ],
@@ -293,10 +334,10 @@ def test_edited_arrays_table_is_rejected(local_stores, tmp_path):
 def test_rows_outside_their_array_are_rejected_on_load(local_stores, tmp_path, row, field, value, message):
     data = bytearray(_saved(local_stores, tmp_path))
     (header_length,) = struct.unpack("<Q", data[16:24])
-    rows = np.frombuffer(data, dtype=ROW_DTYPE, offset=rows_offset(header_length))
+    rows = np.frombuffer(data, dtype=ROW_DTYPE, offset=rows_offset(header_length), count=30)
     rows = rows.copy()
     rows[field][row] = value
-    data[rows_offset(header_length) :] = rows.tobytes()
+    data[rows_offset(header_length) : rows_offset(header_length) + rows.nbytes] = rows.tobytes()
     (tmp_path / "bad.zti").write_bytes(bytes(data))
     with pytest.raises(ValueError, match=rf"bad.zti: corrupt index \({message}"):
         SelectionIndex.load(tmp_path / "bad.zti")
@@ -348,8 +389,8 @@ def test_rows_start_on_a_page(local_stores, tmp_path):
     assert data.startswith(MAGIC)
     (header_length,) = struct.unpack("<Q", data[16:24])
     offset = rows_offset(header_length)
-    assert offset % 4096 == 0 and len(data) == offset + 30 * 16
-    rows = np.frombuffer(data, dtype=ROW_DTYPE, offset=offset)
+    assert offset % 4096 == 0 and len(data) == offset + 30 * 16 + 3 * TABLE_DTYPE.itemsize
+    rows = np.frombuffer(data, dtype=ROW_DTYPE, offset=offset, count=30)
     np.testing.assert_array_equal(rows, built(local_stores).rows)
 
 
@@ -477,7 +518,7 @@ def test_cli_build_info_verify(tmp_path, capsys):
 
     assert main(["index", "info", out]) == 0
     printed = capsys.readouterr().out
-    assert f"format 1, 3 stores, 3 arrays, 30 rows, {size} bytes" in printed
+    assert f"format 2, 3 stores, 3 arrays, 30 rows, {size} bytes" in printed
     assert f"{ARRAY}  media=image dtype=uint8 item=({SIZE}, {SIZE}, 3)  3 arrays, 30 rows" in printed
 
     assert main(["index", "verify", out, "--storage-options", "{}"]) == 0

@@ -13,6 +13,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -99,6 +100,10 @@ class ZarrFrameDataset(Dataset):
         self.index = next(iter(self.indexes.values()))
         if isinstance(transform, Mapping) and (arrays is None or set(transform) - set(arrays)):
             raise ValueError(f"per-key transforms {sorted(transform)} need arrays with those keys")
+        #: whether processes open arrays from the index's metadata, with no request: for a
+        #: prebuilt index (trusted, as it is not validated either; ``verify()`` checks it),
+        #: not for stores indexed here, whose workers read each array's metadata afresh.
+        self.trust_index = not _builds_index(source)
         if _builds_index(source):  # a prebuilt index or selection list may mix kinds on purpose
             for key, index in self.indexes.items():
                 if transform is None or (isinstance(transform, Mapping) and key not in transform):
@@ -173,11 +178,12 @@ class ZarrFrameDataset(Dataset):
 
     async def _read(self, index: SelectionIndex, rows: np.ndarray, budget: dict[str, Any]) -> list[Any]:
         """The items (or windows, edge frames repeated) of ``rows``; exceptions in place."""
-        specs, lengths = index.array_specs(), rows["length"]
-        options = {"strict": self.strict, "retry": self.retry, "item_axes": index.item_axes(), **budget}
+        (specs, spec_of), lengths = index.read_specs(documents=self.trust_index), rows["length"]
+        options = {"strict": self.strict, "retry": self.retry, **budget}
         window = int(lengths.max()) if len(rows) else 0
+        ids = spec_of[rows["array"]]
         if window == 0:
-            return await read.read_items(specs, rows["array"], rows["start"], **options)
+            return await read.read_items(specs, ids, rows["start"], **options)
         if (lengths != window).any():
             raise ValueError(f"an index mixes windows of {sorted(set(lengths.tolist()))} frames")
         first, end, size = index.bounds()[rows["array"]].T
@@ -193,7 +199,7 @@ class ZarrFrameDataset(Dataset):
         groups = [np.flatnonzero(span == n) for n in np.unique(span)]
         got = await asyncio.gather(
             *(
-                read.read_items(specs, rows["array"][m], read_at[m], int(span[m[0]]), **options)
+                read.read_items(specs, ids[m], read_at[m], int(span[m[0]]), **options)
                 for m in groups
             )
         )
@@ -244,7 +250,8 @@ class ZarrFrameDataset(Dataset):
         array_id, start = int(index.rows["array"][i]), int(index.rows["start"][i])
         entry = index.arrays[array_id]
         at = start if entry.item_axes == 1 else entry.position(start)
-        uri, path, options = index.array_specs()[array_id]
+        store = index.stores[entry.store]
+        uri, path, options = store.uri, entry.path, store.storage_options
         shown = redact.redact_uri(uri)
         detail = redact.scrub(f"{type(cause).__name__}: {cause}", options)
         return ReadError(
@@ -316,8 +323,9 @@ def _check_one_kind(index: SelectionIndex) -> None:
     """``ValueError`` naming two stores whose items differ in shape or dtype: without a
     transform to make them alike, their batches would fail later in ``default_collate``."""
     kinds = {}
-    for e in index.arrays:
-        kinds.setdefault((e.shape[e.item_axes :], e.dtype), e)
+    for st, m in index.arrays.sources()[0].tolist():
+        e = index.arrays.metas[m]
+        kinds.setdefault((e.shape[e.item_axes :], e.dtype), replace(e, store=st))
     if len(kinds) > 1:
         a, b = (
             f"array {e.path!r} in store {redact.redact_uri(index.stores[e.store].uri)!r} holds items of "
@@ -331,7 +339,7 @@ def _check_one_kind(index: SelectionIndex) -> None:
 
 def _on_path(index: SelectionIndex, path: str) -> SelectionIndex:
     """``index`` reading ``path``: itself when it already does."""
-    return index if all(e.path == path for e in index.arrays) else index.with_path(path)
+    return index if all(m.path == path for m in index.arrays.metas) else index.with_path(path)
 
 
 def skip_collate(batch: list[Any]) -> Any:

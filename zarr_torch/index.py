@@ -22,8 +22,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Hashable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -36,59 +36,25 @@ from zarr.errors import NodeNotFoundError
 from zarr_torch import indexfile, process, redact, windows
 from zarr_torch.models import Media, ZarrArray, ZarrSelection, ZarrStore, read_zarr
 from zarr_torch.storage import MissingChunkError
-from zarr_torch.stores import make_store, missing_chunks, open_array, open_arrays, options_key
+from zarr_torch.stores import (
+    ArraySpec,
+    make_store,
+    metadata_document,
+    missing_chunks,
+    open_array,
+    open_arrays,
+    options_key,
+)
+from zarr_torch.tables import ROW_DTYPE, TABLE_DTYPE, ArrayEntry, ArrayTable, Meta, TableBuilder, check_rows
 
 logger = logging.getLogger("zarr_torch")
 
-#: one row: which array, where on its leading axis, how many frames (0: one item).
-ROW_DTYPE = np.dtype([("array", "<u4"), ("start", "<i8"), ("length", "<u4")])
 #: the most rows an index holds (64 GiB of rows): more is corrupt metadata, not data.
 MAX_ROWS = 1 << 32
-#: rows are checked this many at a time (see :func:`check_rows`).
-CHECK_ROWS = 1 << 20
 #: builds over at least this many stores show a progress bar.
 PROGRESS_MIN_STORES = 32
 
 Source = str | os.PathLike | ZarrStore | Store | Sequence[str | os.PathLike | ZarrStore | Store]
-#: what a store's fingerprint covers for each indexed array: (path, shape, chunks, dtype).
-Meta = tuple[str, tuple[int, ...], tuple[int, ...], str]
-
-
-@dataclass(frozen=True)
-class ArrayEntry:
-    """One row of the arrays table."""
-
-    store: int
-    path: str
-    shape: tuple[int, ...]
-    chunks: tuple[int, ...]
-    dtype: str
-    media: Media | None = None
-    attrs: dict = field(default_factory=dict, compare=False)
-    #: for window rows: the episode ``[first, end)`` on the leading axis windows stay in.
-    episode: tuple[int, int] | None = None
-    #: how many leading axes address an item: rows number the items over these axes in
-    #: C order (``[t, c, z]`` of a (t, c, z, y, x) image is ``(t * C + c) * Z + z``).
-    item_axes: int = 1
-
-    @property
-    def items(self) -> int:
-        """How many items the array holds: the product of its item axes."""
-        return math.prod(self.shape[: self.item_axes])
-
-    def bounds(self) -> tuple[int, int]:
-        """The items rows of this entry may show: its episode, or the whole array."""
-        return self.episode or (0, self.items)
-
-    def position(self, item: int) -> list[int]:
-        """The index on the item axes of item number ``item``."""
-        if self.item_axes == 1:
-            return [item]
-        return [int(i) for i in np.unravel_index(item, self.shape[: self.item_axes])]
-
-    def meta(self) -> Meta:
-        """What the fingerprint of its store covers: path, shape, chunks and dtype."""
-        return self.path, self.shape, self.chunks, self.dtype
 
 
 class SelectionIndex:
@@ -99,16 +65,19 @@ class SelectionIndex:
     list of ``ZarrSelection``.
     """
 
-    def __init__(self, stores: Sequence[ZarrStore], arrays: Sequence[ArrayEntry], rows: np.ndarray):
-        """An index of these tables; ``ValueError`` naming the first row that points outside
-        them (an array id past the table, a frame outside its array or episode, a length
-        that is not its array's kind of row)."""
+    def __init__(self, stores: Sequence[ZarrStore], arrays: Iterable[ArrayEntry], rows: np.ndarray):
+        """An index of these tables (``arrays`` an :class:`ArrayTable` or entries);
+        ``ValueError`` naming the first row that points outside them (an array id past the
+        table, a frame outside its array or episode, a length that is not its array's kind
+        of row)."""
         self.stores = list(stores)
-        self.arrays = list(arrays)
+        self.arrays = ArrayTable.from_entries(arrays)
         self.rows = np.asarray(rows, dtype=ROW_DTYPE)
         check_rows(self.arrays, self.rows)
         #: set when the rows are memory-mapped from a saved file (see ``__getstate__``).
         self._mapped: indexfile.MappedRows | None = None
+        #: set when the arrays table is the saved file's, memory-mapped.
+        self._mapped_arrays: indexfile.MappedRows | None = None
 
     # -- building -----------------------------------------------------------------------
 
@@ -175,32 +144,33 @@ class SelectionIndex:
         A negative index counts from the end of its array; one out of range is a
         ``ValueError`` naming the selection, its store and its array.
         """
-        tables = _Tables()
+        stores, arrays = _Stores(), TableBuilder()
+        known: dict[tuple[int, str, Media | None], tuple[int, int]] = {}  # array id, item axes
         ids: list[int] = []
         starts: list[int] = []
         for n, sel in enumerate(selections):
-            store_id = tables.store_id(sel.array.store)
+            store_id = stores.store_id(sel.array.store)
             key = (store_id, sel.array.path, sel.media)
-            array_id = tables.array_ids.get(key)
-            if array_id is None:
+            if key not in known:
                 entry = replace(_entry(store_id, sel.array, sel.media), item_axes=len(sel.index))
-                array_id = tables.add_array(key, entry)
-            axes = tables.arrays[array_id].item_axes
-            try:
-                if len(sel.index) != axes or not sel.index:
-                    raise IndexError(f"index {sel.index} is not over the array's {axes} item axes")
-                position = sel.array.item_position(sel.index)
-                shape = sel.array.shape[:axes]
-                start = position[0] if axes == 1 else int(np.ravel_multi_index(position, shape))
-            except IndexError as exc:
+                known[key] = arrays.add(store_id, arrays.meta_id(entry)), len(sel.index)
+            array_id, axes = known[key]
+            if len(sel.index) != axes or not sel.index:
                 where = f"array {sel.array.path!r} in store {redact.redact_uri(sel.array.store.uri)!r}"
-                raise ValueError(f"selection {n} of {where}: {exc}") from None
+                over = f"index {sel.index} is not over its {axes} item axes"
+                raise ValueError(f"selection {n} of {where}: {over}")
+            try:
+                position = sel.array.item_position(sel.index)  # IndexError naming store and array
+            except IndexError as exc:
+                raise ValueError(f"selection {n}: {exc}") from None
+            shape = sel.array.shape[:axes]
+            start = position[0] if axes == 1 else int(np.ravel_multi_index(position, shape))
             ids.append(array_id)
             starts.append(start)
         rows = np.zeros(len(ids), dtype=ROW_DTYPE)
         rows["array"] = ids
         rows["start"] = starts
-        return cls(tables.stores, tables.arrays, rows)
+        return cls(stores.stores, arrays.table(), rows)
 
     @classmethod
     def from_datachain(
@@ -241,19 +211,36 @@ class SelectionIndex:
 
             both = SelectionIndex.concat([SelectionIndex.load("a.zti"), SelectionIndex.load("b.zti")])
         """
-        tables = _Tables()
-        parts = [np.empty(0, dtype=ROW_DTYPE)]
+        stores, metas = _Stores(), TableBuilder()
+        tables, parts = [np.empty((0, 4), dtype=np.int64)], [np.empty(0, dtype=ROW_DTYPE)]
         for index in indexes:
-            used = np.bincount(index.rows["array"], minlength=len(index.arrays)) > 0
-            remap = np.zeros(len(index.arrays), dtype=np.uint32)
-            for i in np.flatnonzero(used):
-                e = index.arrays[i]
-                merged = replace(e, store=tables.store_id(index.stores[e.store]))
-                remap[i] = tables.add_array(merged, merged)
+            used = np.flatnonzero(np.bincount(index.rows["array"], minlength=len(index.arrays)))
+            t = index.arrays.table[used]
+            store_ids = np.zeros(len(index.stores), dtype=np.int64)  # in the order rows use them
+            for st in dict.fromkeys(t["store"].tolist()):
+                store_ids[st] = stores.store_id(index.stores[st])
+            meta_ids = np.zeros(len(index.arrays.metas), dtype=np.int64)
+            for m in dict.fromkeys(t["meta"].tolist()):
+                meta_ids[m] = metas.meta_id(index.arrays.metas[m])
+            columns = [store_ids[t["store"]], meta_ids[t["meta"]], t["first"], t["end"]]
+            tables.append(np.stack(columns, axis=1).reshape(-1, 4))
+            remap = np.zeros(len(index.arrays), dtype=np.int64)
+            remap[used] = sum(len(x) for x in tables[:-1]) + np.arange(len(used))
             rows = np.array(index.rows)
             rows["array"] = remap[rows["array"]]
             parts.append(rows)
-        return cls(tables.stores, tables.arrays, np.concatenate(parts))
+        # the same array (store, metadata, episode) from several indexes once, in first-seen order
+        every = np.concatenate(tables)
+        merged, first, inverse = np.unique(every, axis=0, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        table = np.empty(len(order), dtype=TABLE_DTYPE)
+        for k, name in enumerate(TABLE_DTYPE.names):
+            table[name] = merged[order, k]
+        rows = np.concatenate(parts)
+        rows["array"] = rank[inverse.reshape(-1)][rows["array"]]
+        return cls(stores.stores, ArrayTable(metas.metas, table), rows)
 
     def filter(
         self, stores: str | Iterable[str] | None = None, arrays: str | Iterable[str] | None = None
@@ -266,10 +253,10 @@ class SelectionIndex:
             val = index.filter(stores=["s3://bucket/ep_0007.zarr"], arrays="data/camera0_rgb")
         """
         keep = np.ones(len(self.arrays), dtype=bool)
-        store_uris = [s.uri.rstrip("/") for s in self.stores]
+        store_uris = np.array([s.uri.rstrip("/") for s in self.stores] or [""], dtype=object)
         for wanted, values, what in [
-            (stores, [store_uris[e.store] for e in self.arrays], "store"),
-            (arrays, [e.path for e in self.arrays], "array"),
+            (stores, store_uris[self.arrays.table["store"]], "store"),
+            (arrays, self.arrays.per_array(lambda m: m.path).astype(object), "array"),
         ]:
             if wanted is None:
                 continue
@@ -278,7 +265,7 @@ class SelectionIndex:
             if unknown:
                 shown = ", ".join(repr(redact.redact_uri(u)) for u in unknown[:5])
                 raise ValueError(f"no {what} {shown} in this index")
-            keep &= np.array([v in names for v in values], dtype=bool)
+            keep &= np.isin(values, list(names))
         return SelectionIndex.concat([self[keep[self.rows["array"]]]])
 
     def with_storage_options(self, storage_options: dict[str, Any]) -> SelectionIndex:
@@ -328,9 +315,7 @@ class SelectionIndex:
     def bounds(self) -> np.ndarray:
         """Per array id: (first, end) of the items its rows may show, and its item count."""
         if getattr(self, "_bounds", None) is None:
-            self._bounds = np.array([(*e.bounds(), e.items) for e in self.arrays], dtype=np.int64).reshape(
-                -1, 3
-            )
+            self._bounds = self.arrays.bounds()
         return self._bounds
 
     def with_path(self, path: str) -> SelectionIndex:
@@ -341,30 +326,25 @@ class SelectionIndex:
 
             actions = frames_index.with_path("data/action")
         """
-        specs = [(self.stores[e.store].uri, path, self.stores[e.store].storage_options) for e in self.arrays]
-        opened = open_arrays(specs, refresh=True)
-        arrays = []
-        for entry, (uri, _, _), arr in zip(self.arrays, specs, opened, strict=True):
+        pairs, inverse = self.arrays.sources()
+        specs = [ArraySpec(self.stores[st].uri, path, self.stores[st].storage_options) for st, _ in pairs]
+        metas = TableBuilder()
+        meta_ids = []
+        for (st, m), arr in zip(pairs.tolist(), open_arrays(specs, refresh=True), strict=True):
+            entry = self.arrays.metas[m]
             k = entry.item_axes
             theirs, ours = tuple(arr.shape[:k]), entry.shape[:k]
             if theirs != ours:
                 axes = "axis" if k == 1 else f"{k} axes"
                 raise ValueError(
-                    f"store {redact.redact_uri(uri)!r}: {path!r} has {math.prod(theirs)} items on its "
-                    f"leading {axes} {list(theirs)} but {entry.path!r} has {math.prod(ours)} {list(ours)}"
+                    f"store {redact.redact_uri(self.stores[st].uri)!r}: {path!r} has {math.prod(theirs)} "
+                    f"items on its leading {axes} {list(theirs)} but {entry.path!r} has {math.prod(ours)} "
+                    f"{list(ours)}"
                 )
-            arrays.append(
-                replace(
-                    entry,
-                    path=path,
-                    shape=tuple(arr.shape),
-                    chunks=tuple(arr.chunks),
-                    dtype=str(arr.dtype),
-                    media=None,
-                    attrs=dict(arr.attrs),
-                )
-            )
-        return self._derive(self.rows, self._mapped, arrays=arrays)
+            meta_ids.append(metas.meta_id(replace(_opened(0, path, arr, None), item_axes=k)))
+        table = self.arrays.table.copy()
+        table["meta"] = np.array(meta_ids or [0], dtype=np.int64)[inverse]
+        return self._derive(self.rows, self._mapped, arrays=ArrayTable(metas.metas, table))
 
     def zarr_array(self, array_id: int) -> ZarrArray:
         """The ``ZarrArray`` model of array ``array_id``."""
@@ -378,27 +358,42 @@ class SelectionIndex:
             attrs=e.attrs,
         )
 
-    def item_axes(self) -> list[int]:
-        """The number of item axes of every array, by array id, for the read engine."""
-        return [e.item_axes for e in self.arrays]
+    def read_specs(self, documents: bool = True) -> tuple[list[ArraySpec], np.ndarray]:
+        """What the read engine opens: one :class:`ArraySpec` per distinct array (store and
+        metadata: a store's episodes share one), and each array id's spec number. With
+        ``documents``, each spec carries its array's metadata from the index, so a process
+        opens it with no request (trusting the index, as :meth:`verify` checks); without,
+        each process reads the metadata from the store once.
 
-    def array_specs(self) -> list[tuple[str, str, dict[str, Any]]]:
-        """``(uri, path, storage_options)`` of every array, by array id, for the read engine."""
-        return [(self.stores[e.store].uri, e.path, self.stores[e.store].storage_options) for e in self.arrays]
+            specs, spec_of = index.read_specs()
+            frames = run(read_items(specs, spec_of[index.rows["array"][:8]], index.rows["start"][:8]))
+        """
+        cached = getattr(self, "_read_specs", None)
+        if cached is None:
+            pairs, inverse = self.arrays.sources()
+            specs = []
+            for st, m in pairs.tolist():
+                store, meta = self.stores[st], self.arrays.metas[m]
+                options = store.storage_options
+                specs.append(ArraySpec(store.uri, meta.path, options, meta.item_axes, meta.document))
+            cached = self._read_specs = specs, inverse
+        specs, inverse = cached
+        return (specs if documents else [s._replace(document=None) for s in specs]), inverse
 
     # -- checking -----------------------------------------------------------------------
 
     def validate(self) -> None:
         """Open every array concurrently; raise naming the first one missing or whose shape,
         chunks or dtype changed."""
-        for entry, spec, arr in zip(
-            self.arrays, self.array_specs(), open_arrays(self.array_specs(), refresh=True), strict=True
-        ):
+        pairs, _ = self.arrays.sources()
+        specs = [ArraySpec(*s[:3]) for s in self.read_specs()[0]]
+        for (_, m), spec, arr in zip(pairs.tolist(), specs, open_arrays(specs, refresh=True), strict=True):
+            entry = self.arrays.metas[m]
             now = {"shape": tuple(arr.shape), "chunks": tuple(arr.chunks), "dtype": str(arr.dtype)}
             for what, value in now.items():
                 if value != getattr(entry, what):
                     raise ValueError(
-                        f"array {spec[1]!r} in store {redact.redact_uri(spec[0])!r} has {what} "
+                        f"array {spec.path!r} in store {redact.redact_uri(spec.uri)!r} has {what} "
                         f"{value}, but the index expects {getattr(entry, what)}"
                     )
 
@@ -427,8 +422,8 @@ class SelectionIndex:
 
     def _metas_by_store(self) -> list[list[Meta]]:
         metas: list[list[Meta]] = [[] for _ in self.stores]
-        for e in self.arrays:
-            metas[e.store].append(e.meta())
+        for st, m in self.arrays.sources()[0].tolist():
+            metas[st].append(self.arrays.metas[m].meta())
         return metas
 
     # -- persistence --------------------------------------------------------------------
@@ -445,19 +440,18 @@ class SelectionIndex:
         index = self if self._compact() else SelectionIndex.concat([self])
         refuse_credentials(index.stores)
         header = {
-            "row_dtype": [list(f) for f in ROW_DTYPE.descr],
-            "rows": len(index.rows),
             "stores": [
                 {"file": s.file.model_dump(), "fingerprint": fp}
                 for s, fp in zip(index.stores, index.fingerprints(), strict=True)
             ],
-            "arrays": [asdict(e) for e in index.arrays],
+            "metas": [asdict(m) for m in index.arrays.metas],
         }
-        return indexfile.write(path, header, index.rows)
+        return indexfile.write(path, header, index.rows, index.arrays.table)
 
     @classmethod
     def load(cls, path: indexfile.PathLike, storage_options: dict[str, Any] | None = None) -> SelectionIndex:
-        """The index saved at ``path``, its rows memory-mapped: constant time and memory.
+        """The index saved at ``path``, its rows and arrays table memory-mapped: constant
+        time and memory whatever the number of rows and episodes.
 
         ``storage_options`` (credentials, endpoint) reach every store; none are saved.
         Raises ``ValueError`` naming the file when it is not an index, was written by
@@ -469,125 +463,80 @@ class SelectionIndex:
 
             index = SelectionIndex.load("frames.zti", storage_options={"anon": True})
         """
-        header, rows, mapped = indexfile.read(path, ROW_DTYPE)
+        header, rows, mapped, table = indexfile.read(path, ROW_DTYPE, TABLE_DTYPE)
         options = dict(storage_options or {})
         try:
-            stores = [  # files written before 0.2 hold a "uri" instead of a "file"
-                ZarrStore(file=s["file"], storage_options=options)
-                if "file" in s
-                else ZarrStore(uri=s["uri"], storage_options=options)
-                for s in header["stores"]
-            ]
-            arrays = [
-                ArrayEntry(
-                    **{
-                        **a,
-                        "shape": tuple(a["shape"]),
-                        "chunks": tuple(a["chunks"]),
-                        "episode": tuple(a["episode"]) if a.get("episode") else None,
-                    }
-                )
-                for a in header["arrays"]
-            ]
+            stores = [ZarrStore(file=s["file"], storage_options=options) for s in header["stores"]]
             refuse_credentials(stores)
-            index = cls(stores, arrays, rows)
+            index = cls(stores, _arrays_of(header, table), rows)
             intact = index.fingerprints() == [s["fingerprint"] for s in header["stores"]]
         except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
             raise ValueError(f"{mapped.path}: corrupt index ({exc})") from exc
         if not intact:
             raise ValueError(f"{mapped.path}: corrupt index header (arrays do not match fingerprints)")
-        index._mapped = mapped
+        index._mapped, index._mapped_arrays = mapped, table
         return index
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_bounds", "_read_specs")}
         if self._mapped is not None:
             state["rows"] = None  # mapped again from the file on unpickling
+        if self._mapped_arrays is not None:
+            state["arrays"] = None  # so is the arrays table, with its metadata
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if self._mapped is not None:
             self.rows = self._mapped.map()
+        if self._mapped_arrays is not None:
+            header, _, _, _ = indexfile.read(self._mapped_arrays.path, ROW_DTYPE, TABLE_DTYPE)
+            self.arrays = _arrays_of(header, self._mapped_arrays)
 
     def _derive(
         self,
         rows: np.ndarray,
         mapped: indexfile.MappedRows | None,
         stores: list[ZarrStore] | None = None,
-        arrays: list[ArrayEntry] | None = None,
+        arrays: ArrayTable | None = None,
     ) -> SelectionIndex:
         index = SelectionIndex(
             self.stores if stores is None else stores, self.arrays if arrays is None else arrays, rows
         )
         index._mapped = mapped
+        index._mapped_arrays = self._mapped_arrays if arrays is None else None
         return index
 
     def _compact(self) -> bool:
         """True when every store and array is used by some row."""
         used = np.bincount(self.rows["array"], minlength=len(self.arrays)) > 0
-        return bool(used.all()) and len({e.store for e in self.arrays}) == len(self.stores)
+        stores = np.unique(self.arrays.table["store"])
+        return bool(used.all()) and len(stores) == len(self.stores)
 
 
-class _Tables:
-    """Store and array tables being built: each store and array is added once."""
+def _arrays_of(header: dict[str, Any], table: indexfile.MappedRows) -> ArrayTable:
+    """The arrays table of a saved index: its metadata from the header, its columns mapped."""
+    metas = [
+        ArrayEntry(**{**m, "shape": tuple(m["shape"]), "chunks": tuple(m["chunks"]), "episode": None})
+        for m in header["metas"]
+    ]
+    return ArrayTable(metas, table.map())
+
+
+class _Stores:
+    """Stores being gathered: each store (same URI and options) once."""
 
     def __init__(self) -> None:
         self.stores: list[ZarrStore] = []
-        self.arrays: list[ArrayEntry] = []
-        self._store_ids: dict[tuple[str, str], int] = {}
-        #: array ids by key: (store id, path, media) or the whole entry.
-        self.array_ids: dict[Hashable, int] = {}
+        self._ids: dict[tuple[str, str], int] = {}
 
     def store_id(self, store: ZarrStore) -> int:
-        """The id of ``store`` (same URI and options), added if new."""
+        """The id of ``store``, added if new."""
         key = (store.uri, options_key(store.storage_options))
-        if key not in self._store_ids:
-            self._store_ids[key] = len(self.stores)
+        if key not in self._ids:
+            self._ids[key] = len(self.stores)
             self.stores.append(store)
-        return self._store_ids[key]
-
-    def add_array(self, key: Hashable, entry: ArrayEntry) -> int:
-        """The id of the array known by ``key``, adding ``entry`` if the key is new."""
-        if key not in self.array_ids:
-            self.array_ids[key] = len(self.arrays)
-            self.arrays.append(entry)
-        return self.array_ids[key]
-
-
-def check_rows(arrays: Sequence[ArrayEntry], rows: np.ndarray) -> None:
-    """``ValueError`` naming the first bad row, checked for all rows at once.
-
-    An item row (of an array without an episode) has length 0 and a start inside its
-    array; a window row has the index's one window length ``T`` and shows at least one
-    frame of its episode (starts in ``(first - T, end)``).
-    """
-    table = np.array([(*e.bounds(), e.episode is not None) for e in arrays], dtype=np.int64).reshape(-1, 3)
-    window = -1  # the window length, from the first window row
-    for offset in range(0, len(rows), CHECK_ROWS):  # in blocks: bounded memory for any index
-        block = rows[offset : offset + CHECK_ROWS]
-        ids, starts, lengths = block["array"], block["start"], block["length"].astype(np.int64)
-        if int(ids.max()) >= len(arrays):
-            k = int(np.argmax(ids >= len(arrays)))
-            raise ValueError(
-                f"row {offset + k}: array id {int(ids[k])} is not in the index's {len(arrays)} arrays"
-            )
-        first, end, windowed = table[ids].T
-        if window < 0 and windowed.any():
-            window = int(lengths[np.argmax(windowed)])
-        bad = np.where(
-            windowed == 1,
-            (lengths != window) | (lengths < 1) | (starts <= first - lengths) | (starts >= end),
-            (lengths != 0) | (starts < first) | (starts >= end),
-        )
-        if bad.any():
-            k = int(np.argmax(bad))
-            e = arrays[int(ids[k])]
-            kind = f"a {window}-frame window of episode {e.episode}" if e.episode else "an item"
-            raise ValueError(
-                f"row {offset + k} (start {int(starts[k])}, length {int(lengths[k])}) is not {kind} "
-                f"of array {e.path!r} (array id {int(ids[k])}, {e.items} items)"
-            )
+        return self._ids[key]
 
 
 def _check_row_count(stores: list[ZarrStore], entries: list[ArrayEntry], rows: int) -> None:
@@ -674,6 +623,7 @@ def replace_options(store: ZarrStore, storage_options: dict[str, Any]) -> ZarrSt
 
 
 def _entry(store_id: int, arr: ZarrArray, media: Media | None) -> ArrayEntry:
+    """The entry of an array model (its metadata as the model has it)."""
     return ArrayEntry(
         store=store_id,
         path=arr.path,
@@ -682,6 +632,20 @@ def _entry(store_id: int, arr: ZarrArray, media: Media | None) -> ArrayEntry:
         dtype=arr.dtype,
         media=media,
         attrs=dict(arr.attrs),
+    )
+
+
+def _opened(store_id: int, path: str, arr: AsyncArray, media: Media | None) -> ArrayEntry:
+    """The entry of an open array, with its metadata document (workers open it from that)."""
+    return ArrayEntry(
+        store=store_id,
+        path=path,
+        shape=tuple(arr.shape),
+        chunks=tuple(arr.chunks),
+        dtype=str(arr.dtype),
+        media=media,
+        attrs=dict(arr.attrs),
+        document=metadata_document(arr),
     )
 
 
@@ -721,8 +685,9 @@ def _window_rows(
     stride: int,
     pad_before: int,
     pad_after: int,
-) -> tuple[list[ArrayEntry], np.ndarray]:
-    """One array entry per episode that has windows, and one row per window."""
+) -> tuple[ArrayTable, np.ndarray]:
+    """One array per episode that has windows (its store's metadata, kept once), and one
+    row per window."""
     windows.check_window(window, stride, pad_before, pad_after)
     pad_before, pad_after = windows.clamp_padding(window, pad_before, pad_after)
     spans = []
@@ -734,26 +699,27 @@ def _window_rows(
     longest = max(end - first for store_spans in spans for first, end in store_spans)
     if window > longest:
         raise ValueError(f"window {window} is longer than every episode (the longest has {longest} frames)")
-    arrays: list[ArrayEntry] = []
+    arrays = TableBuilder()
     starts: list[np.ndarray] = []
     short = 0
     for entry, store_spans in zip(entries, spans, strict=True):
+        meta = arrays.meta_id(entry)
         for first, end in store_spans:
             s = windows.window_starts(first, end, window, stride, pad_before, pad_after)
             if len(s) == 0:
                 short += 1
                 continue
-            arrays.append(replace(entry, episode=(first, end)))
+            arrays.add(entry.store, meta, (first, end))
             starts.append(s)
     if short:
         logger.warning("%d episode(s) shorter than the %d-frame window give no samples", short, window)
     counts = np.array([len(s) for s in starts], dtype=np.int64)
     _check_row_count(stores, entries, int(counts.sum()))
     rows = np.empty(int(counts.sum()), dtype=ROW_DTYPE)
-    rows["array"] = np.repeat(np.arange(len(arrays), dtype=np.uint32), counts)
+    rows["array"] = np.repeat(np.arange(len(starts), dtype=np.uint32), counts)
     rows["start"] = np.concatenate(starts)
     rows["length"] = window
-    return arrays, rows
+    return arrays.table(), rows
 
 
 def _check_chunks(stores: list[ZarrStore], path: str) -> None:
@@ -805,12 +771,9 @@ def _read_entries(
         finally:
             if bar is not None:
                 bar.close()
-        return [
-            _entry(i, ZarrArray.from_handle(s, path, arr), media)
-            for i, (s, arr) in enumerate(zip(stores, [first, *rest], strict=True))
-        ]
+        return [_opened(i, path, arr, media) for i, arr in enumerate([first, *rest])]
 
     return process.run(read_all())
 
 
-__all__ = ["ROW_DTYPE", "ArrayEntry", "SelectionIndex", "resolve_stores"]
+__all__ = ["ROW_DTYPE", "ArrayEntry", "ArrayTable", "SelectionIndex", "resolve_stores"]

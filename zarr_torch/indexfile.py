@@ -3,21 +3,23 @@
 One file, little-endian, readable without parsing its rows::
 
     bytes 0-7     magic b"\\x89ZTI\\r\\n\\x1a\\n"
-    bytes 8-11    format version (u4), now 1
+    bytes 8-11    format version (u4), now 2
     bytes 12-15   CRC-32 of the JSON header (u4); 0 in files written before it was
                   recorded, which are read unchecked
     bytes 16-23   length of the JSON header in bytes (u8)
     bytes 24-     the JSON header: row dtype, row count, stores (root as source
-                  and path, or a uri in older files, and metadata fingerprint,
-                  never storage options), arrays table
+                  and path, and metadata fingerprint, never storage options), each
+                  distinct array metadata once, the arrays table's dtype and length
     zero padding  up to the next multiple of 4096, so the rows start on a page
-    rows          the raw row records, row count x 16 bytes, to the end of the file
+    rows          the raw row records, row count x 16 bytes
+    arrays        the arrays table (store, metadata, episode of every array), to the
+                  end of the file
 
 The rows are memory-mapped on read: reading is constant in time and memory whatever the
 row count, and processes reading the same file share its pages.
 
-    write("frames.zti", header, rows)
-    header, rows, mapped = read("frames.zti", ROW_DTYPE)
+    write("frames.zti", header, rows, arrays)
+    header, rows, mapped, table = read("frames.zti", ROW_DTYPE, TABLE_DTYPE)
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any
 import numpy as np
 
 MAGIC = b"\x89ZTI\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: the rows start at a multiple of this many bytes (a memory page).
 ALIGN = 4096
 _PREAMBLE = struct.Struct("<8sIIQ")
@@ -81,13 +83,21 @@ def rows_offset(header_length: int) -> int:
     return -(-end // ALIGN) * ALIGN
 
 
-def write(path: PathLike, header: dict[str, Any], rows: np.ndarray) -> int:
-    """Write ``header`` and ``rows`` to ``path`` atomically; return the file size in bytes.
+def write(path: PathLike, header: dict[str, Any], rows: np.ndarray, arrays: np.ndarray) -> int:
+    """Write ``header``, ``rows`` and the ``arrays`` table to ``path`` atomically; return the
+    file size in bytes (the header records both tables' dtypes and lengths).
 
     The file is written beside ``path`` and renamed over it, so a reader (or a process
     that has the old file mapped) never sees a half-written index.
     """
     path = Path(path)
+    header = {
+        **header,
+        "row_dtype": [list(f) for f in rows.dtype.descr],
+        "rows": len(rows),
+        "array_dtype": [list(f) for f in arrays.dtype.descr],
+        "arrays": len(arrays),
+    }
     body = json.dumps(header, separators=(",", ":")).encode()
     offset = rows_offset(len(body))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -97,15 +107,19 @@ def write(path: PathLike, header: dict[str, Any], rows: np.ndarray) -> int:
             f.write(body)
             f.write(bytes(offset - _PREAMBLE.size - len(body)))
             f.write(np.ascontiguousarray(rows).view(np.uint8))
+            f.write(np.ascontiguousarray(arrays).view(np.uint8))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return offset + rows.nbytes
+    return offset + rows.nbytes + arrays.nbytes
 
 
-def read(path: PathLike, dtype: np.dtype) -> tuple[dict[str, Any], np.ndarray, MappedRows]:
-    """The JSON header and the memory-mapped rows of the index file at ``path``.
+def read(
+    path: PathLike, dtype: np.dtype, array_dtype: np.dtype
+) -> tuple[dict[str, Any], np.ndarray, MappedRows, MappedRows]:
+    """The JSON header, the memory-mapped rows and the memory-mapped arrays table of the
+    index file at ``path`` (with where each is, to map them again elsewhere).
 
     Raises ``ValueError`` naming the file when it is not a regular file or not an index
     file, was written by another format version, holds rows of another layout, is
@@ -125,7 +139,8 @@ def read(path: PathLike, dtype: np.dtype) -> tuple[dict[str, Any], np.ndarray, M
         if version != FORMAT_VERSION:
             raise ValueError(
                 f"{name}: index format version {version} is not supported; this zarr_torch reads "
-                f"version {FORMAT_VERSION} (build the index again, or use a matching zarr_torch)"
+                f"version {FORMAT_VERSION}: build the index again (zarr-torch index build, or "
+                "SelectionIndex.build(...).save(...)), or use the zarr_torch that wrote it"
             )
         offset = rows_offset(header_length)
         if stat.st_size < offset:
@@ -135,24 +150,30 @@ def read(path: PathLike, dtype: np.dtype) -> tuple[dict[str, Any], np.ndarray, M
             raise ValueError(f"{name}: corrupt index header (it does not match its checksum)")
         try:
             header = json.loads(body)
-            count = int(header["rows"])
+            count, arrays = int(header["rows"]), int(header["arrays"])
             layout = np.dtype([tuple(field) for field in header["row_dtype"]])
+            array_layout = np.dtype([tuple(field) for field in header["array_dtype"]])
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise ValueError(f"{name}: corrupt index header ({type(exc).__name__}: {exc})") from exc
-        if count < 0:
-            raise ValueError(f"{name}: corrupt index header ({count} rows)")
-        if layout != dtype:
-            raise ValueError(f"{name}: rows of layout {layout} are not supported (expected {dtype})")
-        expected = offset + count * dtype.itemsize
+        if count < 0 or arrays < 0:
+            raise ValueError(f"{name}: corrupt index header ({count} rows, {arrays} arrays)")
+        if (layout, array_layout) != (dtype, array_dtype):
+            raise ValueError(
+                f"{name}: tables of layout {layout}, {array_layout} are not supported "
+                f"(expected {dtype}, {array_dtype})"
+            )
+        table_offset = offset + count * dtype.itemsize
+        expected = table_offset + arrays * array_dtype.itemsize
         if stat.st_size != expected:
             state = "truncated" if stat.st_size < expected else "corrupt"
             raise ValueError(
                 f"{name}: {state} index file ({stat.st_size} bytes, its header promises "
-                f"{count} rows in {expected} bytes)"
+                f"{count} rows and {arrays} arrays in {expected} bytes)"
             )
         rows = _map(f, dtype, offset, count)
     mapped = MappedRows(name, offset, count, dtype, _identity(stat), range(count))
-    return header, rows, mapped
+    table = MappedRows(name, table_offset, arrays, array_dtype, _identity(stat), range(arrays))
+    return header, rows, mapped, table
 
 
 def _map(f: Any, dtype: np.dtype, offset: int, count: int) -> np.ndarray:

@@ -58,7 +58,7 @@ def block_ids(index: SelectionIndex, block_size: int | None = None) -> np.ndarra
         return np.zeros(0, dtype=np.int64)
     array = rows["array"].astype(np.int64)
     if block_size is None:
-        chunk = np.array([e.chunks[0] for e in index.arrays], dtype=np.int64)
+        chunk = index.arrays.per_array(lambda m: m.chunks[0]).astype(np.int64)
         within = rows["start"] // chunk[array]
     else:
         if block_size < 1:

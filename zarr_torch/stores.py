@@ -18,15 +18,16 @@ import itertools
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import zarr.api.asynchronous as zasync
 from zarr.abc.store import Store
 from zarr.core.array import AsyncArray
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import AsyncGroup
 from zarr.errors import NodeNotFoundError
-from zarr.storage import FsspecStore, LocalStore, ZipStore
+from zarr.storage import FsspecStore, LocalStore, StorePath, ZipStore
 
 from zarr_torch.process import gather_bounded, process_state, run
 from zarr_torch.redact import redact_uri, scrub
@@ -209,6 +210,30 @@ async def _store_exists(store: Store) -> bool:
     return True
 
 
+class ArraySpec(NamedTuple):
+    """What a process needs to open one array: where, how, and (from an index) its
+    metadata document, so that opening it makes no request."""
+
+    uri: str
+    path: str
+    options: Options | None = None
+    #: how many leading axes number its items (see ``ArrayEntry.item_axes``).
+    item_axes: int = 1
+    #: the array's metadata as zarr reads it (``zarr.json``, or ``.zarray`` with attributes).
+    document: dict | None = None
+
+
+def metadata_document(arr: AsyncArray) -> dict:
+    """The metadata document of an open array, as zarr reads it from its store: opening
+    the array again from it (:func:`open_array`) makes no request."""
+    buffers = arr.metadata.to_buffer_dict(default_buffer_prototype())
+    if arr.metadata.zarr_format == 3:
+        return json.loads(buffers["zarr.json"].to_bytes())
+    attrs = buffers.get(".zattrs")
+    document = json.loads(buffers[".zarray"].to_bytes())
+    return {**document, "attributes": json.loads(attrs.to_bytes()) if attrs else {}}
+
+
 async def open_array(
     uri: str,
     path: str = "",
@@ -216,16 +241,23 @@ async def open_array(
     *,
     refresh: bool = False,
     zarr_format: int | None = None,
+    document: dict | None = None,
 ) -> AsyncArray:
     """This process's handle on the array at ``path`` in ``uri``, opened once.
 
     ``refresh=True`` reads the metadata again and replaces the cached handle;
-    ``zarr_format`` is passed to :func:`open_node`.
+    ``zarr_format`` is passed to :func:`open_node`. With its metadata ``document`` (from
+    an index) the array opens with no request; the read engine checks it against the
+    store when a chunk turns out absent.
     Raises ``FileNotFoundError`` when it does not exist, ``ValueError`` when it is a group.
     """
     state = process_state()
     key = (uri, path, options_key(storage_options))
     arr = None if refresh else state.arrays.get(key)
+    if arr is None and document is not None and not refresh:
+        store_path = StorePath(get_store(uri, storage_options), path)
+        arr = state.arrays[key] = AsyncArray.from_dict(store_path, document)
+        state.layouts.pop(key, None)
     if arr is None:
         node = await open_node(uri, path, storage_options, zarr_format=zarr_format)
         if not isinstance(node, AsyncArray):
@@ -237,7 +269,7 @@ async def open_array(
 
 
 def open_arrays(
-    specs: Iterable[tuple[str, str, Options | None]], *, refresh: bool = False
+    specs: Iterable[ArraySpec | tuple[str, str, Options | None]], *, refresh: bool = False
 ) -> list[AsyncArray]:
     """Open every ``(uri, path, storage_options)`` concurrently; the first error is raised.
 
@@ -245,7 +277,7 @@ def open_arrays(
 
     arrays = open_arrays([("ep0.zarr", "data/camera0_rgb", None)])
     """
-    return run(gather_bounded(open_array(u, p, o, refresh=refresh) for u, p, o in specs))
+    return run(gather_bounded(open_array(s[0], s[1], s[2], refresh=refresh) for s in specs))
 
 
 async def missing_chunks(arr: AsyncArray) -> list[str]:

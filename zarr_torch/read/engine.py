@@ -14,6 +14,7 @@ Chunks whose codecs zarr_torch does not decode go to zarr's pipeline in one call
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import zarr.api.asynchronous as zasync
+from zarr.errors import NodeNotFoundError
 
 from zarr_torch.cache import ChunkCache
 from zarr_torch.process import process_state
@@ -31,14 +34,14 @@ from zarr_torch.read.fetch import ABSENT, Unit, absent, plan_fetch, read_local, 
 from zarr_torch.read.layout import Layout, layout_of
 from zarr_torch.read.plan import Task, one_frame_chunks, plan
 from zarr_torch.storage import RetryPolicy, read_options
-from zarr_torch.stores import Options, open_array, options_key
+from zarr_torch.stores import ArraySpec, Options, open_array, options_key
 
 #: chunks smaller than this (decoded) are read and decoded on one thread per batch.
 PARALLEL_CHUNK_BYTES = 64 * 2**10
 
 
 async def read_items(
-    specs: Sequence[tuple[str, str, Options | None]],
+    specs: Sequence[ArraySpec | tuple[str, str, Options | None]],
     array_ids: np.ndarray,
     starts: np.ndarray,
     length: int = 0,
@@ -47,12 +50,11 @@ async def read_items(
     retry: RetryPolicy | None = None,
     cache: ChunkCache | None = None,
     threads: int | None = None,
-    item_axes: Sequence[int] | None = None,
 ) -> list[np.ndarray | BaseException]:
     """Item ``starts[k]`` (or the window of ``length`` rows there) of array
     ``specs[array_ids[k]]`` for every ``k``, in order; a failed item's place holds its
-    exception. Items of one frame shape and dtype are views of one batch array.
-    ``item_axes[a]`` is how many leading axes of array ``a`` number its items (default 1).
+    exception. Items of one frame shape and dtype are views of one batch array. An
+    :class:`ArraySpec` with a metadata document opens its array with no request.
 
     ``cache`` and ``threads`` are the caller's budget (a dataset's own); by default the
     process's shared cache and one decode thread per core.
@@ -63,19 +65,21 @@ async def read_items(
     span = max(length, 1)
     ids = np.unique(array_ids)
     members = [np.flatnonzero(array_ids == a) for a in ids]
+    used = [ArraySpec(*specs[int(a)]) for a in ids]  # the specs of this batch's arrays
     out: list[np.ndarray | BaseException] = [None] * len(starts)  # type: ignore[list-item]
     with read_options(strict=strict, retry=retry):
-        opened = await asyncio.gather(*(open_array(*specs[int(a)]) for a in ids), return_exceptions=True)
+        opened = await asyncio.gather(
+            *(open_array(s.uri, s.path, s.options, document=s.document) for s in used),
+            return_exceptions=True,
+        )
         layouts: list[Layout | None] = []
-        for a, arr, m in zip(ids, opened, members, strict=True):
+        for spec, arr, m in zip(used, opened, members, strict=True):
             if isinstance(arr, BaseException):
                 layouts.append(None)
                 for k in m:
                     out[k] = arr
                 continue
-            uri, path, options = specs[int(a)]
-            axes = 1 if item_axes is None else item_axes[int(a)]
-            layouts.append(layout_of((uri, path, options_key(options)), arr, axes))
+            layouts.append(layout_of((spec.uri, spec.path, options_key(spec.options)), arr, spec.item_axes))
         batches = _allocate(layouts, len(starts), length)
         reads = [
             _ArrayRead(layout, m, starts[m], span, batch if length else batch[:, None], strict, budget)
@@ -179,16 +183,28 @@ class _ArrayRead:
             self.settled.update(await self.job.remote(self.units))
 
     async def check_absent(self) -> None:
-        """Absent chunks read as the fill value only while the array itself is there: a
-        store deleted or moved under a running dataset is an error, not black frames."""
+        """Absent chunks read as the fill value only while the array is there as this
+        process knows it: a store deleted, moved or rewritten (shrunk, rechunked) under a
+        running dataset is an error, not black frames. Its metadata is read afresh."""
         absent = [i for i, outcome in self.settled.items() if outcome is ABSENT]
         if not absent:
             return
-        name = "zarr.json" if self.layout.meta.zarr_format == 3 else ".zarray"
-        key = f"{self.layout.path}/{name}" if self.layout.path else name
-        if not await self.layout.store.exists(key):
-            gone = FileNotFoundError(f"the array's metadata {key!r} is gone: its store was deleted or moved")
+        layout = self.layout
+        try:
+            now = await zasync.open(
+                store=layout.store, path=layout.path, mode="r", zarr_format=layout.meta.zarr_format
+            )
+        except (FileNotFoundError, NodeNotFoundError):
+            where = f"the metadata of array {layout.path or '/'!r}"
+            gone = FileNotFoundError(f"{where} is gone: its store was deleted or moved")
             self.settled.update(dict.fromkeys(absent, gone))
+            return
+        if _layout_of_meta(now.metadata) != _layout_of_meta(layout.meta):
+            changed = ValueError(
+                f"the array {layout.path or '/'!r} changed since it was opened (or indexed): its metadata "
+                "differs now; build the index again"
+            )
+            self.settled.update(dict.fromkeys(absent, changed))
 
     def finish(self) -> dict[int, BaseException]:
         """Fill absent chunks with the fill value; return the failed positions."""
@@ -200,6 +216,12 @@ class _ArrayRead:
                 for p in self.tasks[i].positions.tolist():
                     self.failed.setdefault(int(p), outcome)
         return self.failed
+
+
+def _layout_of_meta(meta: Any) -> str:
+    """An array's metadata without its attributes: what decides where its chunks are."""
+    doc = {k: v for k, v in meta.to_dict().items() if k != "attributes"}
+    return json.dumps(doc, sort_keys=True, default=str)
 
 
 async def _run_local(reads: list[_ArrayRead], budget: _Budget) -> None:
