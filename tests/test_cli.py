@@ -269,3 +269,53 @@ def test_preview_of_a_missing_array_exits_2_naming_it(tmp_path, capsys):
     assert main(["preview", root, "--array", "data/action", "-o", str(png)]) == 2
     assert "items of shape (2,) are not images" in capsys.readouterr().err
     assert not png.exists()
+
+
+def test_index_build_of_windows_and_its_errors_exit_2_naming_them(tmp_path, capsys, monkeypatch):
+    from zarr_torch.cli import main
+    from zarr_torch.index import SelectionIndex
+
+    for name in ("RANK", "WORLD_SIZE"):  # one process: a plain build
+        monkeypatch.delenv(name, raising=False)
+    root = str(tmp_path / "d")
+    write_stores(root, stores=3, frames=[5, 7], size=4, chunk=2)
+    out = tmp_path / "w.zti"
+    window = ["--window", "3", "--stride", "2", "--episode-ends", "meta/episode_ends", "--pad-after", "1"]
+    assert main(["index", "build", root, "--array", RGB, "-o", str(out), *window]) == 0
+    expected = SelectionIndex.build(
+        root, array=RGB, window=3, stride=2, episode_ends="meta/episode_ends", pad_after=1
+    )
+    assert SelectionIndex.load(out).rows.tobytes() == expected.rows.tobytes()
+    assert capsys.readouterr().out == (
+        f"{out}: 3 stores, 6 arrays, {len(expected)} rows, {out.stat().st_size} bytes\n"
+    )
+    assert main(["index", "build", root, "--array", "data/none", "-o", str(tmp_path / "x.zti")]) == 2
+    err = capsys.readouterr().err
+    assert "\nzarr-torch index build: error: " in err and "'data/none'" in err and "episode_00000" in err
+    assert main(["index", "build", root, "--array", RGB, "--stride", "2", "-o", str(tmp_path / "x.zti")]) == 2
+    assert "need a window" in capsys.readouterr().err
+    assert not (tmp_path / "x.zti").exists()
+
+
+def test_index_merge_joins_saved_indexes_in_order(tmp_path, capsys):
+    from zarr_torch.cli import main
+    from zarr_torch.index import SelectionIndex
+
+    uris = write_stores(str(tmp_path / "d"), stores=3, frames=4, size=4)
+    SelectionIndex.build(uris[2:], array=RGB).save(tmp_path / "b.zti")
+    SelectionIndex.build(uris[:2], array=RGB).save(tmp_path / "a.zti")
+    out = tmp_path / "ab.zti"
+    assert main(["index", "merge", str(tmp_path / "a.zti"), str(tmp_path / "b.zti"), "-o", str(out)]) == 0
+    assert capsys.readouterr().out.endswith(
+        f"3 stores, 3 arrays, 12 rows, {out.stat().st_size} bytes, merged from 2 indexes\n"
+    )
+    merged = SelectionIndex.load(out)
+    assert [s.uri for s in merged.stores] == uris
+    assert merged.rows.tobytes() == SelectionIndex.build(uris, array=RGB).rows.tobytes()
+    assert main(["index", "merge", str(tmp_path / "a.zti"), str(tmp_path / "a.zti"), "-o", str(out)]) == 0
+    assert len(SelectionIndex.load(out)) == 16, "an index merged with itself: its rows twice"
+    capsys.readouterr()
+    (tmp_path / "not.zti").write_text("hello")
+    assert main(["index", "merge", str(tmp_path / "a.zti"), str(tmp_path / "not.zti"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zarr-torch index merge: error: ") and "not.zti" in err

@@ -6,6 +6,8 @@ zarr-torch preview s3://bucket/episodes/ --array data/camera0_rgb -o sheet.png -
 zarr-torch preview frames.zti -o sheet.png --seed 0   # random rows of a saved index
 zarr-torch preview data/ -o windows.png --window 8 --episode-ends meta/episode_ends  # a window a row
 zarr-torch index build s3://bucket/episodes/ --array data/camera0_rgb --media image -o frames.zti
+torchrun --nproc_per_node 8 -m zarr_torch.cli index build s3://bucket/episodes/ -o frames.zti  # shared
+zarr-torch index merge part0.zti part1.zti -o frames.zti   # the rows of each in turn
 zarr-torch index info frames.zti
 zarr-torch index verify frames.zti   # exit status 1 when a store changed since the build
 zarr-torch synth data/ --stores 8 --frames 64 --chunk 16
@@ -33,6 +35,7 @@ from zarr.abc.store import Store
 from zarr.core.array import AsyncArray
 from zarr.storage import FsspecStore, ZipStore
 
+from zarr_torch import build as distributed
 from zarr_torch import indexfile, process, redact
 from zarr_torch.index import PROGRESS_MIN_STORES, SelectionIndex
 from zarr_torch.models import ZarrStore, read_zarr
@@ -84,7 +87,8 @@ def _fail(args: argparse.Namespace, exc: BaseException) -> int:
     if isinstance(exc, BrokenPipeError):
         raise exc
     message = redact.scrub(str(exc), getattr(args, "storage_options", None))
-    print(f"zarr-torch {args.command}: error: {message}", file=sys.stderr)
+    command = " ".join(filter(None, [args.command, getattr(args, "index_command", None)]))
+    print(f"zarr-torch {command}: error: {message}", file=sys.stderr)
     return 2
 
 
@@ -405,20 +409,52 @@ def non_negative(text: str) -> int:
     return value
 
 
+def _index_summary(path: str, index: SelectionIndex, size: int, note: str = "") -> str:
+    tables = f"{len(index.stores)} stores, {len(index.arrays)} arrays, {len(index)} rows"
+    return f"{path}: {tables}, {size} bytes{note}"
+
+
 def cmd_index_build(args: argparse.Namespace) -> int:
-    """Index every item of an array in every store under a prefix and save the index."""
-    index = SelectionIndex.build(
-        args.source,
-        array=args.array,
-        media=args.media,
-        storage_options=args.storage_options,
-        progress=True,
-    )
-    size = index.save(args.output)
-    print(
-        f"{args.output}: {len(index.stores)} stores, {len(index.arrays)} arrays, "
-        f"{len(index)} rows, {size} bytes"
-    )
+    """Index every item (or window) of an array in every store under a prefix and save the
+    index. Under ``torchrun`` the ranks share the stores out and rank 0 saves the whole;
+    only rank 0 prints."""
+    rank, size = distributed.world()
+    try:
+        index = distributed.build_distributed(
+            args.source,
+            args.output,
+            array=args.array,
+            media=args.media,
+            storage_options=args.storage_options,
+            progress=True,
+            timeout=args.timeout,
+            window=args.window,
+            stride=args.stride,
+            episode_ends=args.episode_ends,
+            pad_before=args.pad_before,
+            pad_after=args.pad_after,
+        )
+    except distributed.DistributedBuildError as exc:
+        # Every rank holds the same message: rank 0 prints it, and so does the rank that
+        # failed (torchrun may stop rank 0 before it prints once that rank has exited).
+        return _fail(args, exc) if rank == 0 or exc.__cause__ is not None else 2
+    except (OSError, ValueError, TypeError) as exc:
+        return _fail(args, exc)
+    if index is not None:
+        note = f", built by {size} ranks" if size > 1 else ""
+        print(_index_summary(args.output, index, Path(args.output).stat().st_size, note))
+    return 0
+
+
+def cmd_index_merge(args: argparse.Namespace) -> int:
+    """Join saved indexes (parts of one build, in order) into one: the rows of each in turn,
+    stores and arrays they share held once."""
+    try:
+        index = SelectionIndex.concat(SelectionIndex.load(part) for part in args.parts)
+        size = index.save(args.output)
+    except (OSError, ValueError) as exc:
+        return _fail(args, exc)
+    print(_index_summary(args.output, index, size, f", merged from {len(args.parts)} indexes"))
     return 0
 
 
@@ -523,15 +559,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(preview)
     preview.set_defaults(func=cmd_preview)
 
-    index = sub.add_parser("index", help="build, inspect and verify a saved SelectionIndex")
+    index = sub.add_parser("index", help="build, merge, inspect and verify a saved SelectionIndex")
     index_sub = index.add_subparsers(dest="index_command", required=True)
     build = index_sub.add_parser("build", help="index the stores under a prefix and save the index")
     build.add_argument("source", help="prefix (folder or fsspec URL) holding the stores")
     build.add_argument("--array", default="", help="path of the array inside each store")
     build.add_argument("--media", choices=["image", "audio", "video"], default=None)
     build.add_argument("-o", "--output", required=True, help="index file to write, e.g. frames.zti")
+    build.add_argument("--window", type=positive, default=None, help="index windows of this many frames")
+    build.add_argument("--stride", type=positive, default=1, help="frames between window starts (default: 1)")
+    build.add_argument(
+        "--episode-ends", default=None, help="array of cumulative episode ends, e.g. meta/episode_ends"
+    )
+    build.add_argument(
+        "--pad-before", type=non_negative, default=0, help="frames a window may start before its episode"
+    )
+    build.add_argument(
+        "--pad-after", type=non_negative, default=0, help="frames a window may end after its episode"
+    )
+    build.add_argument(
+        "--timeout",
+        type=float,
+        default=distributed.DEFAULT_TIMEOUT,
+        help="under torchrun: seconds a rank waits for the others (default: %(default)s)",
+    )
     _add_options(build, "; never saved")
     build.set_defaults(func=cmd_index_build)
+    merge = index_sub.add_parser("merge", help="join saved indexes into one, their rows in the order given")
+    merge.add_argument("parts", nargs="+", metavar="PART", help="saved indexes, e.g. part0.zti part1.zti")
+    merge.add_argument("-o", "--output", required=True, help="index file to write, e.g. frames.zti")
+    merge.set_defaults(func=cmd_index_merge)
     info_index = index_sub.add_parser("info", help="summarize a saved index")
     info_index.add_argument("file")
     info_index.set_defaults(func=cmd_index_info)

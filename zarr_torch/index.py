@@ -698,7 +698,7 @@ def _window_rows(
             raise ValueError(f"store {redact.redact_uri(store.uri)!r}: {exc}") from None
     longest = max(end - first for store_spans in spans for first, end in store_spans)
     if window > longest:
-        raise ValueError(f"window {window} is longer than every episode (the longest has {longest} frames)")
+        raise windows.WindowTooLongError(window, longest)
     arrays = TableBuilder()
     starts: list[np.ndarray] = []
     short = 0

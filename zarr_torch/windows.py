@@ -19,6 +19,15 @@ import numbers
 import numpy as np
 
 
+class WindowTooLongError(ValueError):
+    """A window longer than every episode: no windows at all (``longest``: the longest
+    episode's frames)."""
+
+    def __init__(self, window: int, longest: int) -> None:
+        super().__init__(f"window {window} is longer than every episode (the longest has {longest} frames)")
+        self.window, self.longest = window, longest
+
+
 def check_window(window: int, stride: int = 1, pad_before: int = 0, pad_after: int = 0) -> None:
     """Raise ``ValueError`` for a non-integer argument, a window shorter than 1, a stride
     below 1 or negative padding."""
