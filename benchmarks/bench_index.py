@@ -10,6 +10,10 @@ Three measurements, written to ``benchmarks/results/index.json`` and ``index.png
    (``ZarrStore(uri, opts).get_array(path)`` in a loop), side by side.
 3. The same through a FaultProxy that holds every request ``--latency-ms`` (5, 10, 20 ms)
    before passing it on: loopback has no network latency, object storage does.
+4. ``--episodes`` (200) episodes in each of the ``--stores`` (1,000) local stores, indexed
+   as 16-frame windows: load time and pickled size of the loaded index in a fresh
+   process; and on moto behind a FaultProxy counting requests, the metadata requests a
+   spawned DataLoader worker makes for its first batch from a saved index.
 
     .venv/bin/python benchmarks/bench_index.py
     .venv/bin/python benchmarks/bench_index.py --rows 1000000 --stores 100 --s3-stores 100  # quick
@@ -105,6 +109,93 @@ def bench_local(work: Path, stores: int, rows: int) -> dict[str, Any]:
         "bytes_per_row_disk": size / len(index),
         **loaded,
         "rss_growth_over_file_size": loaded["rss_growth_after_load_bytes"] / size,
+    }
+
+
+# -- 4. many episodes: the arrays table, pickles, and workers that open arrays from the index ------
+
+WINDOW = 16
+METADATA_KEYS = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
+
+
+def probe_episodes(path: str) -> None:
+    """Run in a fresh process: load a window index, print load time and pickle size as JSON."""
+    import pickle
+
+    index, load_s = timed(lambda: SelectionIndex.load(path))
+    blob, pickle_s = timed(lambda: pickle.dumps(index))
+    print(json.dumps({"load_s": load_s, "pickle_bytes": len(blob), "pickle_s": pickle_s, "rows": len(index)}))
+
+
+def bench_episodes(work: Path, stores: int, episodes: int) -> dict[str, Any]:
+    frames = episodes * 50
+    root = str(work / "episodes")
+    write_metadata_stores(root, stores=stores, frames=frames, size=16, episodes=episodes, progress=True)
+    index, build_s = timed(
+        lambda: SelectionIndex.build(
+            root, array=ARRAY, window=WINDOW, stride=5, episode_ends="meta/episode_ends", progress=True
+        )
+    )
+    path = work / "windows.zti"
+    size = index.save(path)
+    probe = subprocess.run(
+        [sys.executable, __file__, "--probe-episodes", str(path)], capture_output=True, text=True, check=True
+    )
+    return {
+        "stores": stores,
+        "episodes_per_store": episodes,
+        "arrays": len(index.arrays),
+        "distinct_metadata": len(index.arrays.metas),
+        "rows": len(index),
+        "build_s": build_s,
+        "file_bytes": size,
+        **json.loads(probe.stdout),
+    }
+
+
+def bench_first_batch(stores: int = 8) -> dict[str, Any]:
+    """Metadata requests of a spawned worker's first batch, from a saved index, on moto."""
+    import torch.utils.data
+
+    from zarr_torch import ZarrFrameDataset
+    from zarr_torch.synth import write_stores
+    from zarr_torch.testing import FaultProxy
+
+    moto, port = start(serve_moto)
+    try:
+        with FaultProxy(f"http://127.0.0.1:{port}") as proxy, tempfile.TemporaryDirectory() as tmp:
+            options = s3_options(int(proxy.url.rsplit(":", 1)[1]))
+            s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir("first")
+            write_stores(
+                "s3://first/eps", stores=stores, frames=[20, 20], size=16, chunk=4, storage_options=options
+            )
+            index = SelectionIndex.build(
+                "s3://first/eps",
+                array=ARRAY,
+                window=WINDOW,
+                episode_ends="meta/episode_ends",
+                storage_options=options,
+            )
+            index.save(f"{tmp}/first.zti")
+            loaded = SelectionIndex.load(f"{tmp}/first.zti", storage_options=options)
+            proxy.requests.clear()
+            loader = torch.utils.data.DataLoader(
+                ZarrFrameDataset(loaded),
+                batch_size=8,
+                num_workers=1,
+                multiprocessing_context="spawn",
+                timeout=120,
+            )
+            batch = next(iter(loader))
+            seen = dict(proxy.requests)
+    finally:
+        moto.kill()
+    metadata = sum(n for (_, p), n in seen.items() if p.rsplit("/", 1)[-1].split("?")[0] in METADATA_KEYS)
+    return {
+        "batch_shape": list(batch.shape),
+        "requests": sum(seen.values()),
+        "metadata_requests": metadata,
+        "chunk_requests": sum(seen.values()) - metadata,
     }
 
 
@@ -240,16 +331,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--latency-ms", type=float, nargs="+", default=[0, 5, 10, 20], help="0: straight to moto"
     )
+    parser.add_argument("--episodes", type=int, default=200, help="episodes in each of --stores stores")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--probe-load", help=argparse.SUPPRESS)
+    parser.add_argument("--probe-episodes", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe_load:
         probe_load(args.probe_load)
+        return 0
+    if args.probe_episodes:
+        probe_episodes(args.probe_episodes)
         return 0
 
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     with tempfile.TemporaryDirectory(prefix="bench_index_") as tmp:
         local = bench_local(Path(tmp), args.stores, args.rows)
+        episodes = {
+            **bench_episodes(Path(tmp), args.stores, args.episodes),
+            "first_batch": bench_first_batch(),
+        }
     s3 = bench_s3(args.s3_stores, args.latency_ms)
     results = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -258,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
         ).stdout.strip(),
         "local": local,
+        "episodes": episodes,
         "s3": s3,
     }
     args.out.mkdir(parents=True, exist_ok=True)

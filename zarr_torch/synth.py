@@ -158,14 +158,16 @@ def write_metadata_stores(
     frames: int,
     size: int = 96,
     chunk: int = 1,
+    episodes: int = 1,
     storage_options: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> list[str]:
     """Write ``stores`` stores whose ``data/camera0_rgb`` has metadata but no chunks.
 
-    Each holds a (frames, size, size, 3) uint8 array and nothing else, so index-scale
-    tests and benchmarks get millions of rows in seconds. Stores are written concurrently;
-    their URIs come back in store order.
+    Each holds a (frames, size, size, 3) uint8 array and ``meta/episode_ends`` cutting it
+    into ``episodes`` equal episodes, and nothing else, so index-scale tests and
+    benchmarks get millions of rows in seconds. Stores are written concurrently; their
+    URIs come back in store order.
 
         uris = write_metadata_stores("big/", stores=1000, frames=10_000)
     """
@@ -179,6 +181,10 @@ def write_metadata_stores(
         await data.create_array(
             "camera0_rgb", shape=(frames, size, size, 3), dtype="uint8", chunks=(chunk, size, size, 3)
         )
+        meta = await group.create_group("meta")
+        ends = np.linspace(0, frames, episodes + 1).astype(np.int64)[1:]
+        episode_ends = await meta.create_array("episode_ends", shape=ends.shape, dtype="int64")
+        await episode_ends.setitem(..., ends)
         bar.update()
         return uri
 

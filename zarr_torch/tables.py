@@ -135,9 +135,10 @@ class ArrayTable(Sequence[ArrayEntry]):
     def sources(self) -> tuple[np.ndarray, np.ndarray]:
         """The distinct (store, meta) pairs, as an (n, 2) array, and each array's pair number:
         what the read engine opens (episodes of one array share it)."""
-        pairs = np.stack([self.table["store"], self.table["meta"]], axis=1).astype(np.int64)
-        unique, inverse = np.unique(pairs.reshape(-1, 2), axis=0, return_inverse=True)
-        return unique.reshape(-1, 2), inverse.reshape(-1)
+        metas = max(len(self.metas), 1)
+        keys = self.table["store"].astype(np.int64) * metas + self.table["meta"]
+        unique, inverse = np.unique(keys, return_inverse=True)
+        return np.stack([unique // metas, unique % metas], axis=1), inverse.reshape(-1)
 
 
 class TableBuilder:
@@ -173,19 +174,29 @@ def check_rows(arrays: ArrayTable, rows: np.ndarray) -> None:
     frame of its episode (starts in ``(first - T, end)``).
     """
     bounds, windowed_table = arrays.bounds(), arrays.windowed()
+    first_table, end_table = bounds[:, 0], bounds[:, 1]
+    # Most indexes are all items or all windows of one length: then one comparison a row.
+    all_windows, no_windows = bool(windowed_table.all()), not windowed_table.any()
     window = -1  # the window length, from the first window row
     for offset in range(0, len(rows), CHECK_ROWS):  # in blocks: bounded memory for any index
         block = rows[offset : offset + CHECK_ROWS]
-        ids, starts, lengths = block["array"], block["start"], block["length"].astype(np.int64)
+        ids, starts, lengths = block["array"], block["start"], block["length"]
         if int(ids.max()) >= len(arrays):
             k = int(np.argmax(ids >= len(arrays)))
             raise ValueError(
                 f"row {offset + k}: array id {int(ids[k])} is not in the index's {len(arrays)} arrays"
             )
-        first, end, _ = bounds[ids].T
+        if no_windows or all_windows:
+            window = int(lengths[0]) if window < 0 and all_windows else window
+            length = window if all_windows else 0
+            lowest = first_table - max(length - 1, 0)
+            inside = (starts >= lowest[ids]).all() and (starts < end_table[ids]).all()
+            if inside and (lengths == length).all():
+                continue
         windowed = windowed_table[ids]
         if window < 0 and windowed.any():
             window = int(lengths[np.argmax(windowed)])
+        first, end, lengths = first_table[ids], end_table[ids], lengths.astype(np.int64)
         bad = np.where(
             windowed,
             (lengths != window) | (lengths < 1) | (starts <= first - lengths) | (starts >= end),
