@@ -105,7 +105,8 @@ def is_transient(exc: BaseException) -> bool:
     """True when ``exc`` (or what caused it) is a failure worth retrying.
 
     Looks at S3 error codes and HTTP status codes on botocore errors, connection and
-    timeout exception types of the HTTP stack, and the errno of connection resets.
+    timeout exception types of the HTTP stack, the errno of connection resets, and
+    obstore's ``GenericError`` (see :func:`_is_obstore_generic`).
     """
     for err in _chain(exc):
         response = getattr(err, "response", None)
@@ -130,7 +131,21 @@ def is_transient(exc: BaseException) -> bool:
             for c in type(err).__mro__
         ):
             return True
+        if _is_obstore_generic(err):
+            return True
     return False
+
+
+def _is_obstore_generic(err: BaseException) -> bool:
+    """obstore's ``GenericError``: what it raises (with its own retries off) for a request
+    answered 5xx or 429, a reset or refused connection and a timeout. It carries no status:
+    the failures that are not worth retrying have types of their own (not found is
+    ``FileNotFoundError``; ``PermissionDeniedError``, ``UnauthenticatedError``, ...). A
+    4xx it has no type for (400, 416) is a ``GenericError`` too, retried until the policy
+    gives up."""
+    return type(err).__module__.split(".")[0] == "obstore" and any(
+        c.__name__ == "GenericError" for c in type(err).__mro__
+    )
 
 
 async def retrying(call: Callable[[], Awaitable[T]], policy: RetryPolicy) -> T:

@@ -29,6 +29,7 @@ from zarr.core.group import AsyncGroup
 from zarr.errors import NodeNotFoundError
 from zarr.storage import FsspecStore, LocalStore, StorePath, ZipStore
 
+from zarr_torch import objectstores
 from zarr_torch.process import gather_bounded, process_state, run
 from zarr_torch.redact import redact_uri, scrub
 from zarr_torch.storage import HostLimit, ReliableStore
@@ -66,9 +67,10 @@ def options_key(options: Options | None) -> str:
 
 
 def fsspec_options(storage_options: Options | None) -> dict[str, Any]:
-    """``storage_options`` without zarr_torch's own (``max_requests_per_host``): what fsspec
-    gets (aiohttp would refuse an unknown keyword)."""
-    return {k: v for k, v in (storage_options or {}).items() if k != MAX_REQUESTS_OPTION}
+    """``storage_options`` without zarr_torch's own (``max_requests_per_host``, ``backend``):
+    what fsspec gets (aiohttp would refuse an unknown keyword)."""
+    ours = (MAX_REQUESTS_OPTION, objectstores.BACKEND_OPTION)
+    return {k: v for k, v in (storage_options or {}).items() if k not in ours}
 
 
 def request_host(uri: str, storage_options: Options | None = None) -> str | None:
@@ -116,7 +118,7 @@ def make_store(uri: str, storage_options: Options | None = None, *, read_only: b
     ``zip::file:///ep.zarr.zip``, ``zip::s3://bucket/ep.zarr.zip``) or any fsspec URL.
 
     ``max_requests_per_host`` is not the store's (:func:`get_store` applies it) and never
-    reaches fsspec."""
+    reaches fsspec; ``backend`` chooses fsspec or obstore (:mod:`zarr_torch.objectstores`)."""
     if is_zip(uri):
         inner = uri.removeprefix("zip::")
         if is_local(inner):  # zarr's ZipStore: one open zip file, its members read in place
@@ -124,6 +126,8 @@ def make_store(uri: str, storage_options: Options | None = None, *, read_only: b
         return FsspecStore.from_url(uri, storage_options=fsspec_options(storage_options), read_only=True)
     if is_local(uri):
         return LocalStore(local_path(uri), read_only=read_only)
+    if objectstores.backend_of(uri, storage_options) == objectstores.OBSTORE:  # see objectstores
+        return objectstores.make_obstore(uri, fsspec_options(storage_options), read_only=read_only)
     options = fsspec_options(storage_options)
     if uri.startswith("s3://"):
         # botocore's default pool of 10 connections caps a batch's fetches; retries are
