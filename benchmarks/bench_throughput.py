@@ -55,6 +55,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from zarr_torch import ChunkAwareSampler, ZarrFrameDataset, process
+from zarr_torch.sampling import AheadBatch
 from zarr_torch.stores import make_store
 from zarr_torch.synth import make_frames, write_stores, zip_store
 
@@ -149,6 +150,17 @@ def tensorstore_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) ->
 
 def zarr_torch_batched(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Frames:
     return [frame.numpy() for batch in batches(order) for frame in ds.__getitems__(batch.tolist())]
+
+
+def zarr_torch_ahead(ds: ZarrFrameDataset, order: np.ndarray, depth: int = 2) -> Frames:
+    """``__getitems__`` per batch, each batch naming the next ``depth`` (as
+    ``ReadAheadBatches`` does for a DataLoader): their fetches start while it is read."""
+    every = [b.tolist() for b in batches(order)]
+    return [
+        frame.numpy()
+        for k, batch in enumerate(every)
+        for frame in ds.__getitems__(AheadBatch(batch, every[k + 1 : k + 1 + depth]))
+    ]
 
 
 def memmap_reads(frames: np.memmap, order: np.ndarray) -> Frames:
@@ -287,6 +299,11 @@ def bench_layout(
         )
     if not local:
         readers["naive per-item"] = (lambda: naive(ds, order, options), order)
+        readers["zarr_torch, read-ahead"] = (lambda: zarr_torch_ahead(ds, order), order)
+        fast = {**options, "backend": "obstore"}
+        obstore_ds = ZarrFrameDataset(uris, array=ARRAY, storage_options=fast, cache_bytes=0)
+        readers["zarr_torch, obstore"] = (lambda: zarr_torch_batched(obstore_ds, order, fast), order)
+        readers["zarr_torch, obstore + read-ahead"] = (lambda: zarr_torch_ahead(obstore_ds, order), order)
     else:
         path = f"{root}/frames.u8"
         reference.tofile(path)
@@ -400,6 +417,20 @@ def ratios(r: dict[str, Any], latency: str) -> list[tuple[str, float | None, str
             "",
         ),
     ]
+    for name, label in (("chunk1", "chunk 1"), ("chunk16", "chunk 16")):
+        panel = f"s3 +{latency} ms {name}"
+        rows += [
+            (
+                f"S3 +{latency} ms {label}: obstore + read-ahead / zarr_torch on s3fs",
+                ratio(panel, "zarr_torch, obstore + read-ahead", "zarr_torch"),
+                "≥ 2",
+            ),
+            (
+                f"S3 +{latency} ms {label}: obstore + read-ahead / tensorstore",
+                ratio(panel, "zarr_torch, obstore + read-ahead", "tensorstore"),
+                "≥ 3",
+            ),
+        ]
     return rows
 
 
@@ -437,6 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-frames", type=int, default=64, help="frames per S3 store")
     parser.add_argument("--latency-ms", type=float, default=20)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--s3-only",
+        action="store_true",
+        help="only the S3 panels (s3fs, obstore, read-ahead and peers), to throughput_s3.*",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     results: dict[str, Any] = {
@@ -447,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         ).stdout.strip(),
     }
     with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
-        for name in LAYOUTS:
+        for name in [] if args.s3_only else LAYOUTS:
             results[f"local {name}"] = bench_layout(f"{tmp}/{name}", name, {}, args.stores, args.frames, True)
         moto, port = start(serve_moto)
         proxy, proxy_port = start(serve_proxy, port, args.latency_ms / 1000)
@@ -466,14 +502,20 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proxy.kill()
             moto.kill()
-        results["DataLoader end to end"] = bench_loader(tmp)
+        if not args.s3_only:
+            results["DataLoader end to end"] = bench_loader(tmp)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "throughput.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, args.out / "throughput.png")
+    name = "throughput_s3" if args.s3_only else "throughput"
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, args.out / f"{name}.png")
     section = markdown(results, f"{args.latency_ms:g}")
-    write_section(
-        Path(__file__).parent / "RESULTS.md", "Throughput (`python benchmarks/bench_throughput.py`)", section
-    )
+    title = "Throughput (`python benchmarks/bench_throughput.py`)"
+    if args.s3_only:  # the S3 rows alone, beside the last full run's section
+        section = "\n".join(
+            line for line in section.splitlines() if "local" not in line and "DataLoader" not in line
+        )
+        title = "Throughput on S3 (`python benchmarks/bench_throughput.py --s3-only`)"
+    write_section(Path(__file__).parent / "RESULTS.md", title, section)
     print(section)
     return 0
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from checks import frame_id
+from checks import CollateWithStats, assert_every_frame_once, frame_id, roundtrip_pickle
+from conftest import SIZE, reference
+from torch.utils.data import BatchSampler, DataLoader
 
 from zarr_torch import SelectionIndex, ZarrFrameDataset, ZarrStore
 from zarr_torch.index import ROW_DTYPE, ArrayEntry
-from zarr_torch.sampling import ChunkAwareSampler
+from zarr_torch.sampling import ChunkAwareSampler, ReadAheadBatches
 from zarr_torch.synth import write_stores
+from zarr_torch.testing import FaultProxy
+
+ARRAY = "data/camera0_rgb"
 
 
 def index_of(lengths: list[int], chunk: int = 16) -> SelectionIndex:
@@ -236,3 +241,58 @@ def test_torchrun_two_ranks_equal_batches_full_coverage(tmp_path):
     for epoch in range(2):
         seen = [i for rank in ranks for batch in rank[epoch * 8 : (epoch + 1) * 8] for i in batch]
         assert set(seen) == set(range(63)) and len(seen) == 64, "every index, one padded repeat"
+
+
+# -- read-ahead ---------------------------------------------------------------------------
+
+
+def test_read_ahead_batches_are_the_batches_and_name_each_workers_next_ones():
+    sampler = ChunkAwareSampler(index_of([40, 23]), seed=1)
+    plain = [list(b) for b in BatchSampler(sampler, 8, False)]
+    batches = ReadAheadBatches(sampler, 8, workers=3, depth=2)
+    got = list(batches)
+    assert [list(b) for b in got] == plain and len(batches) == len(plain)
+    for k, b in enumerate(got):  # the loader hands batch k + 3 to the worker that read batch k
+        assert b.ahead == plain[k + 3 : k + 7 : 3]
+    copy, _ = roundtrip_pickle(got[0])
+    assert copy == got[0] and copy.ahead == got[0].ahead, "what a worker receives"
+
+
+def test_read_ahead_state_counts_only_the_batches_yielded():
+    sampler = ChunkAwareSampler(index_of([64]), seed=2)
+    batches = ReadAheadBatches(sampler, 8, workers=2, depth=2)
+    it = iter(batches)
+    taken = [list(next(it)) for _ in range(3)]
+    state = batches.state_dict()
+    assert state["cursor"] == 24, "the batches looked at ahead are not spent"
+    resumed = ChunkAwareSampler(index_of([64]), seed=2)
+    resumed.load_state_dict(state)
+    rest = [i for b in BatchSampler(resumed, 8, False) for i in b]
+    assert sorted([i for b in taken for i in b] + rest) == list(range(64))
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_workers_fetch_their_next_batches_ahead_from_s3(
+    s3_bucket, s3_options, s3_endpoint, tmp_path, context
+):
+    write_stores(f"{s3_bucket}/eps", stores=3, frames=16, size=SIZE, chunk=1, storage_options=s3_options)
+    with FaultProxy(s3_endpoint, delay=0.01) as proxy:
+        options = {**s3_options, "client_kwargs": {**s3_options["client_kwargs"], "endpoint_url": proxy.url}}
+        SelectionIndex.build(f"{s3_bucket}/eps", array=ARRAY, storage_options=options).save(
+            tmp_path / "f.zti"
+        )
+        ds = ZarrFrameDataset(SelectionIndex.load(tmp_path / "f.zti", storage_options=options))
+        loader = DataLoader(
+            ds,
+            batch_sampler=ReadAheadBatches(ChunkAwareSampler(ds, seed=0), 4, workers=2, depth=2),
+            num_workers=2,
+            multiprocessing_context=context,
+            collate_fn=CollateWithStats(ds),
+            timeout=120,
+        )
+        got = list(loader)
+    assert_every_frame_once((batch for batch, _ in got), reference(3, 16), 16)
+    used = max(stats["fetches_ahead_used"] for _, stats in got)
+    assert used > 0 and max(stats["fetches_ahead"] for _, stats in got) >= used, (
+        "chunks came from fetches ahead"
+    )

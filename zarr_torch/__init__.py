@@ -9,12 +9,13 @@ from zarr_torch.dataset import ZarrFrameDataset
 from zarr_torch.errors import ReadError
 from zarr_torch.index import SelectionIndex
 from zarr_torch.models import ZarrArray, ZarrInfo, ZarrSelection, ZarrStore, read_zarr
-from zarr_torch.sampling import ChunkAwareSampler
+from zarr_torch.sampling import ChunkAwareSampler, ReadAheadBatches
 from zarr_torch.storage import MissingChunkError, RetryPolicy
 
 __all__ = [
     "ChunkAwareSampler",
     "MissingChunkError",
+    "ReadAheadBatches",
     "ReadError",
     "RetryPolicy",
     "SelectionIndex",

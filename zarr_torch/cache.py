@@ -1,4 +1,5 @@
-"""Decoded chunks kept per process under a byte budget, and what the reads cost.
+"""Decoded chunks kept per process under a byte budget, fetches started ahead, and what
+the reads cost.
 
 cache = ChunkCache(budget=256 * 2**20)
 cache.put(("ep0.zarr", (3, 0, 0, 0)), chunk); cache.get(("ep0.zarr", (3, 0, 0, 0)))
@@ -6,15 +7,19 @@ cache.put(("ep0.zarr", (3, 0, 0, 0)), chunk); cache.get(("ep0.zarr", (3, 0, 0, 0
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Coroutine, Hashable
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
 #: the default byte budget of each process's decoded-chunk cache.
 CACHE_BYTES = 256 * 2**20
+#: the default byte budget of the fetches a process starts for batches it reads next.
+AHEAD_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -41,6 +46,9 @@ class ReadStats:
     bytes_returned: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
+    #: fetches started while an earlier batch was read, and of those, the ones a batch used
+    fetches_ahead: int = 0
+    fetches_ahead_used: int = 0
     #: seconds reading and decoding (told apart only by a profile: they run interleaved)
     fetch_s: float = 0.0
     transform_s: float = 0.0
@@ -90,3 +98,49 @@ class ChunkCache:
             self.nbytes += value.nbytes
             while self.nbytes > self.budget:
                 self.nbytes -= self._items.popitem(last=False)[1].nbytes
+
+
+class AheadFetches:
+    """Fetches started for the batches a worker reads next, by what they fetch; the oldest
+    cancelled beyond ``budget`` bytes (estimated). Used on one event loop.
+
+        ahead.start(key, size, read_remote(layout, unit))
+        pending = ahead.take(key)  # a started fetch to await, or None
+    """
+
+    def __init__(self, budget: int = AHEAD_BYTES) -> None:
+        self.budget = budget
+        self.nbytes = 0
+        self._tasks: OrderedDict[Hashable, tuple[asyncio.Task, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def start(self, key: Hashable, size: int, fetch: Coroutine[Any, Any, Any]) -> bool:
+        """Start ``fetch`` under ``key`` unless it is started or over the budget (then it is
+        closed unstarted); True when started."""
+        if key in self._tasks or size > self.budget:
+            fetch.close()
+            return False
+        while self.nbytes + size > self.budget:
+            old, old_size = self._tasks.popitem(last=False)[1]
+            old.cancel()
+            self.nbytes -= old_size
+        task = asyncio.ensure_future(fetch)
+        task.add_done_callback(_retrieve)  # a fetch never taken must not warn when it failed
+        self._tasks[key] = task, size
+        self.nbytes += size
+        return True
+
+    def take(self, key: Hashable) -> asyncio.Task | None:
+        """The fetch started under ``key`` (removed), or None."""
+        entry = self._tasks.pop(key, None)
+        if entry is None:
+            return None
+        self.nbytes -= entry[1]
+        return entry[0]
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -153,7 +153,8 @@ class ZarrFrameDataset(Dataset):
         """
         idx = self._check(indices)
         keys = list(self.indexes)
-        reads = process.run(self._read_all(idx, self._budget()))
+        ahead = [self._check(b) for b in getattr(indices, "ahead", ())]  # see ReadAheadBatches
+        reads = process.run(self._read_all(idx, self._budget(), ahead))
         if len(reads) == 1 and self.transform is None and (whole := _one_batch(reads[0])) is not None:
             return list(torch.from_numpy(whole).unbind(0))  # every frame read: tensors over the batch
         samples = []
@@ -171,10 +172,20 @@ class ZarrFrameDataset(Dataset):
         process.process_state().stats.add(transform_s=time.perf_counter() - started)
         return samples
 
-    async def _read_all(self, idx: np.ndarray, budget: dict[str, Any]) -> list[list[Any]]:
-        return await asyncio.gather(
+    async def _read_all(
+        self, idx: np.ndarray, budget: dict[str, Any], ahead: list[np.ndarray]
+    ) -> list[list[Any]]:
+        """Every index's items of ``idx``; then, while they are read, the fetches of the
+        batches ``ahead`` start (they continue on the I/O loop after this returns)."""
+        reading = asyncio.gather(
             *(self._read(index, index.rows[idx], budget) for index in self.indexes.values())
         )
+        for batch in ahead:
+            for index in self.indexes.values():
+                specs, spec_of = index.read_specs(documents=self.trust_index)
+                for ids, starts, length in _requests(index, index.rows[batch]):
+                    await read.prefetch_items(specs, spec_of[ids], starts, length, cache=budget["cache"])
+        return await reading
 
     async def _read(self, index: SelectionIndex, rows: np.ndarray, budget: dict[str, Any]) -> list[Any]:
         """The items (or windows, edge frames repeated) of ``rows``; exceptions in place."""
@@ -184,17 +195,8 @@ class ZarrFrameDataset(Dataset):
         ids = spec_of[rows["array"]]
         if window == 0:
             return await read.read_items(specs, ids, rows["start"], **options)
-        if (lengths != window).any():
-            raise ValueError(f"an index mixes windows of {sorted(set(lengths.tolist()))} frames")
-        first, end, size = index.bounds()[rows["array"]].T
+        first, end, read_at, span = _window_reads(index, rows, window)
         starts = rows["start"]
-        # Read T frames inside the array that cover every frame the window shows (from its
-        # episode's first frame when the episode is shorter), or the whole episode when
-        # the array itself holds fewer than T frames.
-        span = np.where(size >= window, window, end - first)
-        read_at = np.where(
-            end - first >= window, np.clip(starts, first, end - window), np.minimum(first, size - span)
-        )
         blocks: list[Any] = [None] * len(rows)
         groups = [np.flatnonzero(span == n) for n in np.unique(span)]
         got = await asyncio.gather(
@@ -317,6 +319,33 @@ def _builds_index(source: DatasetSource) -> bool:
         return False
     selections = isinstance(source, Sequence) and not isinstance(source, str) and bool(source)
     return not (selections and all(isinstance(s, ZarrSelection) for s in source))
+
+
+def _window_reads(
+    index: SelectionIndex, rows: np.ndarray, window: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For window rows: each one's episode (first, end), and where and how many frames to
+    read: T frames inside the array that cover every frame the window shows (from its
+    episode's first frame when the episode is shorter), or the whole episode when the
+    array itself holds fewer than T frames."""
+    lengths = rows["length"]
+    if (lengths != window).any():
+        raise ValueError(f"an index mixes windows of {sorted(set(lengths.tolist()))} frames")
+    first, end, size = index.bounds()[rows["array"]].T
+    span = np.where(size >= window, window, end - first)
+    read_at = np.where(
+        end - first >= window, np.clip(rows["start"], first, end - window), np.minimum(first, size - span)
+    )
+    return first, end, read_at, span
+
+
+def _requests(index: SelectionIndex, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """What reading ``rows`` asks the read engine for: (array ids, starts, length) groups."""
+    window = int(rows["length"].max()) if len(rows) else 0
+    if window == 0:
+        return [(rows["array"], rows["start"], 0)]
+    _, _, read_at, span = _window_reads(index, rows, window)
+    return [(rows["array"][span == n], read_at[span == n], int(n)) for n in np.unique(span)]
 
 
 def _check_one_kind(index: SelectionIndex) -> None:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from zarr.core.sync import sync
 
-from zarr_torch.cache import ChunkCache, ReadStats
+from zarr_torch.cache import AheadFetches, ChunkCache, ReadStats
 
 T = TypeVar("T")
 
@@ -70,6 +70,8 @@ class ProcessState:
     layouts: dict[Any, Any] = field(default_factory=dict)
     #: decoded shard indexes, by (array key, shard coordinates).
     shard_indexes: ChunkCache = field(default_factory=lambda: ChunkCache(SHARD_INDEX_BYTES))
+    #: fetches started for the batches this process reads next (see ``ReadAheadBatches``).
+    ahead: AheadFetches = field(default_factory=AheadFetches)
     #: decode threads of reads that name no budget.
     decode_threads: int = field(default_factory=available_cores)
     pools: dict[int, ThreadPoolExecutor] = field(default_factory=dict)

@@ -32,12 +32,13 @@ from the seed and starts at the cursor, never replaying samples.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 
 from zarr_torch.index import SelectionIndex
 
@@ -239,3 +240,78 @@ class ChunkAwareSampler(DistributedSampler):
             return
         self.epoch = state["epoch"]
         self.cursor = self._resume_at = state["cursor"]
+
+
+class AheadBatch(list):
+    """A batch of indices that also carries the batches its worker reads next (``ahead``):
+    ``ZarrFrameDataset.__getitems__`` starts fetching their chunks while it reads this one."""
+
+    def __init__(self, indices: Iterable[int], ahead: Sequence[Sequence[int]] = ()) -> None:
+        super().__init__(indices)
+        self.ahead = [list(b) for b in ahead]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return AheadBatch, (list(self), self.ahead)
+
+
+class ReadAheadBatches(Sampler[list[int]]):
+    """``BatchSampler(sampler, batch_size, drop_last)`` whose batches name the next ``depth``
+    batches the same ``DataLoader`` worker reads (a loader hands batches to its
+    ``workers`` in turn), so each worker fetches their chunks from object storage while
+    it decodes the current one. Fetches started ahead stay within a byte budget per process.
+    ``set_epoch`` and ``state_dict`` go to ``sampler`` (its cursor counting only the
+    batches yielded, not those looked at ahead).
+
+        batches = ReadAheadBatches(ChunkAwareSampler(ds), batch_size=64, workers=8)
+        loader = DataLoader(ds, batch_sampler=batches, num_workers=8)
+    """
+
+    def __init__(
+        self,
+        sampler: Iterable[int],
+        batch_size: int,
+        drop_last: bool = False,
+        *,
+        workers: int = 0,
+        depth: int = 1,
+    ) -> None:
+        if depth < 0 or workers < 0:
+            raise ValueError(f"depth and workers must be at least 0, not {depth} and {workers}")
+        self.sampler = sampler
+        self.batches = BatchSampler(sampler, batch_size, drop_last)
+        self.stride, self.depth = max(workers, 1), depth
+        #: indices taken from ``sampler`` but not yet yielded.
+        self._held = 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[AheadBatch]:
+        reach = self.stride * self.depth
+        window: deque[list[int]] = deque()
+        batches = iter(self.batches)
+        for batch in batches:
+            window.append(batch)
+            if len(window) > reach:
+                break
+        while window:
+            for batch in batches:  # keep the window full: this batch and ``reach`` more
+                window.append(batch)
+                if len(window) > reach:
+                    break
+            ahead = [window[k] for k in range(self.stride, reach + 1, self.stride) if k < len(window)]
+            self._held = sum(map(len, window)) - len(window[0])
+            yield AheadBatch(window.popleft(), ahead)
+        self._held = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+
+    def state_dict(self) -> dict[str, Any]:
+        state = dict(self.sampler.state_dict())  # type: ignore[attr-defined]
+        if "cursor" in state:
+            state["cursor"] -= self._held
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)  # type: ignore[attr-defined]

@@ -12,6 +12,6 @@
     frames = run(read_items(specs, array_ids, starts))
 """
 
-from zarr_torch.read.engine import read_items
+from zarr_torch.read.engine import prefetch_items, read_items
 
-__all__ = ["read_items"]
+__all__ = ["prefetch_items", "read_items"]

@@ -106,6 +106,62 @@ async def read_items(
     return out
 
 
+async def prefetch_items(
+    specs: Sequence[ArraySpec | tuple[str, str, Options | None]],
+    array_ids: np.ndarray,
+    starts: np.ndarray,
+    length: int = 0,
+    *,
+    cache: ChunkCache | None = None,
+) -> int:
+    """Start fetching what reading these items (as :func:`read_items` takes them) will
+    need from remote stores, and return how many fetches started: a later
+    :func:`read_items` of them awaits those instead of asking again. Chunks the cache
+    holds, local stores and arrays that fail to open are left to that read.
+    """
+    state = process_state()
+    cache = state.cache if cache is None else cache
+    array_ids, starts = np.asarray(array_ids), np.asarray(starts, dtype=np.int64)
+    span, started = max(length, 1), 0
+    for a in np.unique(array_ids):
+        spec = ArraySpec(*specs[int(a)])
+        try:
+            arr = await open_array(spec.uri, spec.path, spec.options, document=spec.document)
+        except Exception:
+            continue
+        layout = layout_of((spec.uri, spec.path, options_key(spec.options)), arr, spec.item_axes)
+        if layout.files is not None:  # read in place: no latency to hide
+            continue
+        mine = starts[array_ids == a]
+        mine = mine[(mine >= 0) & (mine + span <= layout.items)]
+        tasks = plan(layout, np.arange(len(mine)), mine, span)
+        keep = layout.cached(span)
+        todo = [i for i, t in enumerate(tasks) if not keep or cache.get((layout.name, t.coords)) is None]
+        try:
+            units, _ = await plan_fetch(layout, tasks, todo, strict=False)
+        except Exception:
+            continue
+        for unit in units:
+            size = unit.stop - unit.start if unit.start is not None else layout.read_bound
+            started += state.ahead.start(_ahead_key(layout, unit), size, read_remote(layout, unit))
+    state.stats.add(fetches_ahead=started)
+    return started
+
+
+def _ahead_key(layout: Layout, unit: Unit) -> tuple:
+    return layout.name, unit.key, unit.start, unit.stop
+
+
+async def _fetch(layout: Layout, unit: Unit) -> bytes | None:
+    """The bytes of ``unit``: from a fetch started ahead for it, or fetched now."""
+    state = process_state()
+    pending = state.ahead.take(_ahead_key(layout, unit))
+    if pending is None:
+        return await read_remote(layout, unit)
+    state.stats.add(fetches_ahead_used=1)
+    return await pending
+
+
 def _allocate(layouts: list[Layout | None], n: int, length: int) -> list[np.ndarray | None]:
     """One batch array for all arrays of one item shape and dtype (a batch each otherwise)."""
     shapes: dict[tuple, np.ndarray] = {}
@@ -333,7 +389,7 @@ class _Decode:
         read = (
             (lambda u: loop.run_in_executor(self.budget.pool, read_local, self.layout, u))
             if (self.layout.files is not None)
-            else (lambda u: read_remote(self.layout, u))
+            else (lambda u: _fetch(self.layout, u))
         )
         state.stats.add(
             ranges_fetched=sum(u.start is not None for u in units),
