@@ -1,4 +1,4 @@
-"""Checks shared by the test modules: pickling and every-frame-exactly-once."""
+"""Checks shared by the test modules: pickling, every-frame-exactly-once, a worker loader."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 
 def roundtrip_pickle(obj: Any) -> tuple[Any, int]:
@@ -39,7 +39,7 @@ def assert_every_frame_once(batches: Iterable[torch.Tensor], reference: np.ndarr
 class CollateWithStats:
     """A ``collate_fn`` that also returns the worker's ``ds.stats()``: what served the batch.
 
-        loader = DataLoader(ds, batch_size=8, num_workers=2, collate_fn=CollateWithStats(ds))
+    loader = DataLoader(ds, batch_size=8, num_workers=2, collate_fn=CollateWithStats(ds))
     """
 
     def __init__(self, dataset: Any) -> None:
@@ -47,3 +47,11 @@ class CollateWithStats:
 
     def __call__(self, batch: list[Any]) -> tuple[Any, dict[str, float]]:
         return default_collate(batch), self.dataset.stats()
+
+
+def shuffled_loader(ds: Dataset, context: str = "spawn") -> DataLoader:
+    """A shuffling loader of batches of 8 from two workers started by ``context``, each
+    wait for a batch bounded."""
+    return DataLoader(
+        ds, batch_size=8, shuffle=True, num_workers=2, timeout=120, multiprocessing_context=context
+    )

@@ -10,7 +10,6 @@ process that forks ever started obstore's runtime, which this test process has.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -19,9 +18,8 @@ import traceback
 import numpy as np
 import pytest
 import s3fs
-from checks import assert_every_frame_once
+from checks import assert_every_frame_once, shuffled_loader
 from conftest import LAYOUTS, SIZE, reference
-from torch.utils.data import DataLoader
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore
 
@@ -204,22 +202,11 @@ def test_stores_over_plain_http(http_server):
     assert 0 < http_server.peak <= 4
 
 
-def _loader(ds: ZarrFrameDataset, context: str) -> DataLoader:
-    return DataLoader(
-        ds,
-        batch_size=8,
-        shuffle=True,
-        num_workers=2,
-        timeout=120,
-        multiprocessing_context=multiprocessing.get_context(context),
-    )
-
-
 @pytest.mark.parametrize("context", ["spawn", "forkserver"])
 def test_an_epoch_in_workers(s3_stores, s3_options, context):
     # built here: this process reads the metadata through obstore, starting its runtime
     ds = ZarrFrameDataset(s3_stores, array=ARRAY, storage_options=with_obstore(s3_options))
-    assert_every_frame_once(_loader(ds, context), reference(STORES, FRAMES), FRAMES)
+    assert_every_frame_once(shuffled_loader(ds, context), reference(STORES, FRAMES), FRAMES)
 
 
 def fork_case(index_path: str, options: dict, build: bool) -> None:
@@ -231,7 +218,7 @@ def fork_case(index_path: str, options: dict, build: bool) -> None:
     else:
         ds = ZarrFrameDataset(SelectionIndex.load(index_path, storage_options=options))
     try:
-        assert_every_frame_once(_loader(ds, "fork"), reference(STORES, FRAMES), FRAMES)
+        assert_every_frame_once(shuffled_loader(ds, "fork"), reference(STORES, FRAMES), FRAMES)
     except Exception as exc:
         print(f"ERROR {type(exc).__name__}: {exc}", flush=True)
         raise SystemExit(3) from None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import multiprocessing
 import os
 import time
 
@@ -19,7 +18,7 @@ import pytest
 import torch
 import zarr
 from botocore.exceptions import ClientError, EndpointConnectionError
-from checks import assert_every_frame_once
+from checks import assert_every_frame_once, shuffled_loader
 from conftest import SIZE, reference
 from torch.utils.data import DataLoader
 from zarr.core.buffer import default_buffer_prototype
@@ -107,17 +106,6 @@ def through(proxy: FaultProxy, s3_options: dict) -> dict:
     return {**s3_options, "client_kwargs": {**s3_options["client_kwargs"], "endpoint_url": proxy.url}}
 
 
-def epoch(ds: ZarrFrameDataset) -> DataLoader:
-    return DataLoader(
-        ds,
-        batch_size=8,
-        shuffle=True,
-        num_workers=2,
-        timeout=120,
-        multiprocessing_context=multiprocessing.get_context("spawn"),
-    )
-
-
 def chunk_key(path: str) -> bool:
     return f"/{ARRAY}/c/" in path
 
@@ -132,14 +120,14 @@ def test_epoch_over_flaky_s3(s3_stores, s3_options, s3_endpoint, rule):
         ds = ZarrFrameDataset(s3_stores, array=ARRAY, storage_options=through(clean, s3_options))
     with FaultProxy(s3_endpoint, fault=rule) as proxy:
         ds = ZarrFrameDataset(ds.index, storage_options=through(proxy, s3_options), retry=FAST)
-        assert_every_frame_once(epoch(ds), reference(STORES, FRAMES), FRAMES)
+        assert_every_frame_once(shuffled_loader(ds), reference(STORES, FRAMES), FRAMES)
         assert sum(proxy.faults.values()) > 0
 
 
 def test_keys_failing_six_times_in_a_row(s3_stores, s3_options, s3_endpoint):
     with FaultProxy(s3_endpoint, fault=failing_keys(chunk_key, times=6)) as proxy:
         ds = ZarrFrameDataset(s3_stores, array=ARRAY, storage_options=through(proxy, s3_options), retry=FAST)
-        assert_every_frame_once(epoch(ds), reference(STORES, FRAMES), FRAMES)
+        assert_every_frame_once(shuffled_loader(ds), reference(STORES, FRAMES), FRAMES)
         chunk_gets = [
             n for (method, path), n in proxy.requests.items() if method == "GET" and chunk_key(path)
         ]
