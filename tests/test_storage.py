@@ -267,15 +267,7 @@ def test_stores_over_plain_http_read_pixel_exact_in_workers_and_from_a_saved_ind
     index = SelectionIndex.load(tmp_path / "web.zti", storage_options=options)
     assert [s.uri for s in index.stores] == urls
     assert [s.uri for s in read_zarr(f"{http_server.url}/eps/", options)] == urls, "found from its listing"
-    loader = DataLoader(
-        ZarrFrameDataset(index),
-        batch_size=16,
-        shuffle=True,
-        num_workers=2,
-        multiprocessing_context=context,
-        timeout=120,
-    )
-    assert_every_frame_once(loader, expected, HTTP_FRAMES)
+    assert_every_frame_once(shuffled_loader(ZarrFrameDataset(index), context), expected, HTTP_FRAMES)
     assert http_server.peak <= 2 * 4, "each of the two workers keeps to the limit"
 
 

@@ -369,16 +369,16 @@ class SelectionIndex:
             frames = run(read_items(specs, spec_of[index.rows["array"][:8]], index.rows["start"][:8]))
         """
         cached = getattr(self, "_read_specs", None)
-        if cached is None:
+        if cached is None:  # both forms made once: the dataset asks for one every batch
             pairs, inverse = self.arrays.sources()
             specs = []
             for st, m in pairs.tolist():
                 store, meta = self.stores[st], self.arrays.metas[m]
                 options = store.storage_options
                 specs.append(ArraySpec(store.uri, meta.path, options, meta.item_axes, meta.document))
-            cached = self._read_specs = specs, inverse
-        specs, inverse = cached
-        return (specs if documents else [s._replace(document=None) for s in specs]), inverse
+            bare = [s._replace(document=None) for s in specs]
+            cached = self._read_specs = {True: (specs, inverse), False: (bare, inverse)}
+        return cached[documents]
 
     # -- checking -----------------------------------------------------------------------
 
