@@ -124,6 +124,23 @@ def test_epoch_over_flaky_s3(s3_stores, s3_options, s3_endpoint, rule):
         assert sum(proxy.faults.values()) > 0
 
 
+def test_a_metadata_document_or_chunk_is_one_get(s3_stores, s3_options, s3_endpoint):
+    """s3fs sizes a whole object with a HEAD before the GET unless told not to split it:
+    a second round trip for every chunk (fsspec/s3fs#1027)."""
+    with FaultProxy(s3_endpoint) as proxy:
+        options = through(proxy, s3_options)
+        stores = [s.uri for s in read_zarr(s3_stores, storage_options=options)]
+        proxy.requests.clear()
+        ds = ZarrFrameDataset(stores, array=ARRAY, storage_options=options)
+        batch = ds.__getitems__(list(range(len(ds))))
+        np.testing.assert_array_equal(torch.stack(batch).numpy(), reference(STORES, FRAMES))
+        assert {method for method, _ in proxy.requests} == {"GET"}, proxy.requests
+        documents = {p: n for (_, p), n in proxy.requests.items() if p.endswith(f"{ARRAY}/zarr.json")}
+        assert sorted(documents.values()) == [1] * STORES
+        chunks = [n for (_, p), n in proxy.requests.items() if chunk_key(p)]
+        assert chunks == [1] * (STORES * FRAMES // 4)
+
+
 def test_keys_failing_six_times_in_a_row(s3_stores, s3_options, s3_endpoint):
     with FaultProxy(s3_endpoint, fault=failing_keys(chunk_key, times=6)) as proxy:
         ds = ZarrFrameDataset(s3_stores, array=ARRAY, storage_options=through(proxy, s3_options), retry=FAST)

@@ -138,6 +138,10 @@ def make_store(uri: str, storage_options: Options | None = None, *, read_only: b
             "retries": {"total_max_attempts": 1},
             **config,
         }
+        # s3fs's whole-object read sizes the object with a HEAD first when it may split it
+        # over max_concurrency (default 10) requests: two round trips for every chunk
+        # (fsspec/s3fs#1027). A chunk is never worth splitting; a range read never does.
+        options.setdefault("max_concurrency", 1)
     store = FsspecStore.from_url(uri, storage_options=options, read_only=read_only)
     if uri.startswith("s3://"):  # an instance of these options only: fsspec keys its cache by them
         store.fs.retries = 1
