@@ -8,8 +8,9 @@ Three measurements, written to ``benchmarks/results/index.json`` and ``index.png
 2. ``--s3-stores`` stores (1,000) on moto's S3 server over HTTP on 127.0.0.1, run in its
    own process: ``SelectionIndex.build`` against opening the stores one after another
    (``ZarrStore(uri, opts).get_array(path)`` in a loop), side by side.
-3. The same through a FaultProxy that holds every request ``--latency-ms`` (5, 10, 20 ms)
-   before passing it on: loopback has no network latency, object storage does.
+3. The same with every request held ``--latency-ms`` (5, 10, 20 ms) inside moto's process
+   (``servers.py``: a sleeping server thread, no proxy hop on the client's cores):
+   loopback has no network latency, object storage does.
 4. ``--episodes`` (200) episodes in each of the ``--stores`` (1,000) local stores, indexed
    as 16-frame windows: load time and pickled size of the loaded index in a fresh
    process; and on moto behind a FaultProxy counting requests, the metadata requests a
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import s3fs
-from servers import s3_options, serve_moto, serve_proxy, start
+from servers import s3_options, serve_moto, start
 from tqdm.auto import tqdm
 
 from zarr_torch import SelectionIndex, ZarrStore
@@ -161,9 +162,9 @@ def bench_first_batch(stores: int = 8) -> dict[str, Any]:
     from zarr_torch.synth import write_stores
     from zarr_torch.testing import FaultProxy
 
-    moto, port = start(serve_moto)
+    moto, ports = start(serve_moto, [0])
     try:
-        with FaultProxy(f"http://127.0.0.1:{port}") as proxy, tempfile.TemporaryDirectory() as tmp:
+        with FaultProxy(f"http://127.0.0.1:{ports[0]}") as proxy, tempfile.TemporaryDirectory() as tmp:
             options = s3_options(int(proxy.url.rsplit(":", 1)[1]))
             s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir("first")
             write_stores(
@@ -243,26 +244,17 @@ def bench_s3_pair(uris: list[str], prefix: str, port: int, server: int, label: s
 
 def bench_s3(stores: int, latencies_ms: list[float]) -> dict[str, Any]:
     """Write ``stores`` metadata-only stores to moto, then compare at each added latency."""
-    moto, port = start(serve_moto)
+    moto, ports = start(serve_moto, sorted({0, *(ms / 1000 for ms in latencies_ms)}))
     try:
-        s3fs.S3FileSystem(skip_instance_cache=True, **s3_options(port)).mkdir("bench")
+        s3fs.S3FileSystem(skip_instance_cache=True, **s3_options(ports[0])).mkdir("bench")
         uris = write_metadata_stores(
-            "s3://bench/eps", stores=stores, frames=100, storage_options=s3_options(port), progress=True
+            "s3://bench/eps", stores=stores, frames=100, storage_options=s3_options(ports[0]), progress=True
         )
         runs = []
         for latency in latencies_ms:
-            proxy, proxy_port = start(serve_proxy, port, latency / 1000) if latency else (None, port)
-            try:
-                label = f"+{latency:g} ms" if latency else "loopback"
-                runs.append(
-                    {
-                        "latency_ms": latency,
-                        **bench_s3_pair(uris, "s3://bench/eps", proxy_port, moto.pid, label),
-                    }
-                )
-            finally:
-                if proxy is not None:
-                    proxy.kill()
+            label = f"+{latency:g} ms" if latency else "loopback"
+            pair = bench_s3_pair(uris, "s3://bench/eps", ports[latency / 1000], moto.pid, label)
+            runs.append({"latency_ms": latency, **pair})
         return {"stores": stores, "runs": runs}
     finally:
         moto.kill()

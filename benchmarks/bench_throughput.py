@@ -17,9 +17,10 @@ of 64, and every frame it returns is checked against the written frames:
 - datachain, when installed (chunk 1): ``ZarrSelection.read()`` and ``to_pytorch()``
 
 Layouts: chunk 1, chunk 16, sharded (64 frames a shard, 1 a chunk), spatial tiles
-(112x112 tiles), zarr v2 (blosc, chunk 1); on moto's S3 server behind a proxy adding 20
-ms a request: chunk 1 and chunk 16. Then ``DataLoader(batch_size=64, num_workers=0/2)``
-end to end against the same loader over a numpy memmap. Results:
+(112x112 tiles), zarr v2 (blosc, chunk 1); on moto's S3 server, which holds each request
+20 ms inside its own process (``servers.py``): chunk 1 and chunk 16. Then
+``DataLoader(batch_size=64, num_workers=0/2)`` end to end against the same loader over a
+numpy memmap. Results:
 ``results/throughput.json``, ``throughput.png`` and ``RESULTS.md``.
 
     python benchmarks/bench_throughput.py            # or: make bench / zarr-torch bench
@@ -48,7 +49,7 @@ import zarr
 import zstandard
 from peers import run_annbatch
 from peers_datachain import datachain_peers
-from servers import s3_options, serve_moto, serve_proxy, start
+from servers import s3_options, serve_moto, start
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from zarr.core.buffer import default_buffer_prototype
@@ -485,22 +486,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
         for name in [] if args.s3_only else LAYOUTS:
             results[f"local {name}"] = bench_layout(f"{tmp}/{name}", name, {}, args.stores, args.frames, True)
-        moto, port = start(serve_moto)
-        proxy, proxy_port = start(serve_proxy, port, args.latency_ms / 1000)
+        moto, ports = start(serve_moto, [0, args.latency_ms / 1000])
+        port, delayed_port = ports[0], ports[args.latency_ms / 1000]
         try:
             s3fs.S3FileSystem(skip_instance_cache=True, **s3_options(port)).mkdir("bench")
             for name in ("chunk1", "chunk16"):
                 results[f"s3 +{args.latency_ms:g} ms {name}"] = bench_layout(
                     f"s3://bench/{name}",
                     name,
-                    s3_options(proxy_port),
+                    s3_options(delayed_port),
                     args.stores,
                     args.s3_frames,
                     False,
                     write_options=s3_options(port),
                 )
         finally:
-            proxy.kill()
             moto.kill()
         if not args.s3_only:
             results["DataLoader end to end"] = bench_loader(tmp)

@@ -1,43 +1,63 @@
-"""Local servers for the benchmarks, each in its own process: moto's S3 server and a
-FaultProxy that adds latency in front of it. Only 127.0.0.1.
+"""moto's S3 server for the benchmarks, in its own process, on 127.0.0.1 only.
 
-    moto, port = start(serve_moto)
-    proxy, proxy_port = start(serve_proxy, port, 0.020)   # +20 ms per request
-    opts = s3_options(proxy_port)
+Latency is added inside moto's process: one port per latency, all serving the same
+buckets, each request held ``delay`` seconds by a sleeping server thread before moto
+answers it. A sleeping thread costs no CPU, so the added latency is never what bounds a
+run (a proxy in front did: it parsed and copied every request on the client's cores).
+
+    moto, ports = start(serve_moto, [0, 0.020])   # ports[0]: loopback, ports[0.02]: +20 ms
+    opts = s3_options(ports[0.02])
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
-def serve_moto(queue: Any) -> None:
-    """Child process: moto's S3 server on 127.0.0.1; puts its port on ``queue``."""
+def delayed(app: Callable[..., Any], delay: float) -> Callable[..., Any]:
+    """The WSGI ``app`` with every request held ``delay`` seconds first."""
+
+    def wrapper(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        time.sleep(delay)
+        return app(environ, start_response)
+
+    return wrapper
+
+
+def serve_moto(delays: Iterable[float], queue: Any) -> None:
+    """Child process: moto's S3 server, one port per delay; puts ``{delay: port}`` on ``queue``.
+
+    The same server ``moto.server.ThreadedMotoServer`` starts (moto's WSGI app, threaded
+    werkzeug, moto's request handler), once per port, over one shared in-memory backend.
+    """
     import logging
 
-    from moto.server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    queue.put(server.get_host_and_port()[1])
+    app = DomainDispatcherApplication(create_backend_app)
+    ports = {}
+    for delay in delays:
+        server = make_server(
+            "127.0.0.1", 0, delayed(app, delay) if delay else app, True, request_handler=MotoRequestHandler
+        )
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        ports[delay] = server.server_address[1]
+    queue.put(ports)
     time.sleep(24 * 3600)
 
 
-def serve_proxy(upstream: int, delay: float, queue: Any) -> None:
-    """Child process: a FaultProxy to ``upstream`` holding each request ``delay`` seconds."""
-    from zarr_torch.testing import FaultProxy
-
-    with FaultProxy(f"http://127.0.0.1:{upstream}", delay=delay) as proxy:
-        queue.put(int(proxy.url.rsplit(":", 1)[1]))
-        time.sleep(24 * 3600)
-
-
-def start(target: Callable[..., None], *args: Any) -> tuple[multiprocessing.Process, int]:
-    """Start ``target(*args, queue)`` in a spawned daemon process; return it and its port."""
+def start(target: Callable[..., None], *args: Any) -> tuple[multiprocessing.Process, Any]:
+    """Start ``target(*args, queue)`` in a spawned daemon process; return it and what it put."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     process = ctx.Process(target=target, args=(*args, queue), daemon=True)
