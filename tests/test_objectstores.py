@@ -178,10 +178,27 @@ def test_the_store_reads_what_s3fs_reads(s3_stores, s3_options):
     async def keys(store):
         return sorted([k async for k in store.list_prefix(f"{ARRAY}/")])
 
-    assert run(keys(ours)) == run(keys(theirs))
+    async def listed(store):
+        return sorted([k async for k in store.list_dir(f"{ARRAY}/c/")])
+
+    assert run(keys(ours)) == run(keys(theirs)) and run(listed(ours)) == run(listed(theirs))
+
+    # the stores of one bucket share a client (and its connections), each its own keys
+    other = make_store(f"{s3_stores}/episode_00002.zarr", with_obstore(s3_options))
+    assert other.store is ours.store and other != ours
+    assert run(other.get(key, proto)).to_bytes() != whole
+    writable = make_store(f"{s3_stores}/scratch.zarr", with_obstore(s3_options), read_only=False)
+    run(writable.set("a/b", proto.buffer.from_bytes(b"xy")))
+    assert run(keys(writable)) == [] and run(_all(writable)) == ["a/b"]
+    run(writable.delete_dir("a"))
+    assert run(_all(writable)) == [] and run(theirs.exists(key))
     reliable = get_store(uri, with_obstore(s3_options))
     assert reliable is get_store(uri, with_obstore(s3_options)) is not get_store(uri, s3_options)
     assert reliable.limit is not None and reliable.limit.requests == 64
+
+
+async def _all(store) -> list[str]:
+    return sorted([k async for k in store.list()])
 
 
 @pytest.mark.parametrize("name", ["v3-sharded", "v3-sharded-chunk1", "v2-blosc", "v3-tiles"])

@@ -20,6 +20,10 @@ Unlike s3fs, obstore does not look a bucket's region up: give ``region_name`` (o
 ``AWS_REGION``) for a bucket outside ``us-east-1``. Credentials missing from the options
 come from the environment (``AWS_*``, ``GOOGLE_*``, ``AZURE_*``, instance metadata).
 
+The stores of one bucket (or HTTP host) with the same options share one obstore client
+per process, and with it its connection pool: a thousand episode stores cost one client,
+not a thousand (each takes milliseconds to make and opens connections of its own).
+
 Retries are :class:`~zarr_torch.storage.ReliableStore`'s alone: obstore's own are turned
 off. A request answered 5xx or 429, a reset connection or a timeout is obstore's
 ``GenericError``, which ``is_transient`` retries; not found is ``FileNotFoundError``
@@ -46,11 +50,13 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import ObjectStore
 
+from zarr_torch.process import process_state
 from zarr_torch.redact import redact_uri, scrub
 
 T = TypeVar("T")
@@ -310,7 +316,8 @@ def runtime_started_here() -> bool:
 
 class ObstoreStore(ObjectStore):
     """zarr's :class:`~zarr.storage.ObjectStore` for one URL, made by :func:`make_obstore`:
-    never used by a forked process whose parent started obstore's runtime
+    the keys under ``prefix`` of an obstore client that the other stores of its bucket or
+    host share; never used by a forked process whose parent started obstore's runtime
     (:func:`claim_runtime`), shown by its URL without credentials, its errors' messages
     one line without credentials."""
 
@@ -320,14 +327,23 @@ class ObstoreStore(ObjectStore):
         *,
         read_only: bool = True,
         uri: str = "",
+        prefix: str = "",
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(store, read_only=read_only)
         self.uri = uri
+        self.prefix = prefix.strip("/")
         self._options = dict(storage_options or {})
 
     def with_read_only(self, read_only: bool = False) -> ObstoreStore:
-        return type(self)(self.store, read_only=read_only, uri=self.uri, storage_options=self._options)
+        return type(self)(
+            self.store, read_only=read_only, uri=self.uri, prefix=self.prefix, storage_options=self._options
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return super().__eq__(other) and self.prefix == getattr(other, "prefix", None)
+
+    __hash__ = None  # type: ignore[assignment]  # as zarr's: equal by client, prefix and mode
 
     def __str__(self) -> str:
         return redact_uri(self.uri) or "obstore"
@@ -365,45 +381,58 @@ class ObstoreStore(ObjectStore):
             self._cleaned(exc)
             raise
 
+    def _key(self, key: str) -> str:
+        """The client's key for the store's ``key`` (or listing prefix)."""
+        return f"{self.prefix}/{key}" if self.prefix and key else self.prefix or key
+
+    def _keys(self, keys: Callable[[], AsyncIterator[str]]) -> AsyncIterator[str]:
+        """The store's keys of a listing that yields the client's."""
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        return (key[cut:] async for key in self._listing(keys))
+
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
-        return await self._call(lambda: super(ObstoreStore, self).get(key, prototype, byte_range))
+        return await self._call(lambda: super(ObstoreStore, self).get(self._key(key), prototype, byte_range))
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]:
-        return await self._call(lambda: super(ObstoreStore, self).get_partial_values(prototype, key_ranges))
+        ranges = [(self._key(key), byte_range) for key, byte_range in key_ranges]
+        return await self._call(lambda: super(ObstoreStore, self).get_partial_values(prototype, ranges))
 
     async def exists(self, key: str) -> bool:
-        return await self._call(lambda: super(ObstoreStore, self).exists(key))
+        return await self._call(lambda: super(ObstoreStore, self).exists(self._key(key)))
 
     async def getsize(self, key: str) -> int:
-        return await self._call(lambda: super(ObstoreStore, self).getsize(key))
+        return await self._call(lambda: super(ObstoreStore, self).getsize(self._key(key)))
 
     async def getsize_prefix(self, prefix: str) -> int:
-        return await self._call(lambda: super(ObstoreStore, self).getsize_prefix(prefix))
+        return await self._call(lambda: super(ObstoreStore, self).getsize_prefix(self._key(prefix)))
 
     async def set(self, key: str, value: Buffer) -> None:
-        await self._call(lambda: super(ObstoreStore, self).set(key, value))
+        await self._call(lambda: super(ObstoreStore, self).set(self._key(key), value))
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
-        await self._call(lambda: super(ObstoreStore, self).set_if_not_exists(key, value))
+        await self._call(lambda: super(ObstoreStore, self).set_if_not_exists(self._key(key), value))
 
     async def delete(self, key: str) -> None:
-        await self._call(lambda: super(ObstoreStore, self).delete(key))
+        await self._call(lambda: super(ObstoreStore, self).delete(self._key(key)))
 
     async def delete_dir(self, prefix: str) -> None:
-        await self._call(lambda: super(ObstoreStore, self).delete_dir(prefix))
+        self._check_writable()
+        prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        for key in [key async for key in self.list_prefix(prefix)]:
+            await self.delete(key)
 
     def list(self) -> AsyncIterator[str]:
-        return self._listing(super().list)
+        return self.list_prefix("")
 
     def list_prefix(self, prefix: str) -> AsyncIterator[str]:
-        return self._listing(lambda: super(ObstoreStore, self).list_prefix(prefix))
+        return self._keys(lambda: super(ObstoreStore, self).list_prefix(self._key(prefix)))
 
-    def list_dir(self, prefix: str) -> AsyncIterator[str]:
-        return self._listing(lambda: super(ObstoreStore, self).list_dir(prefix))
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:  # zarr's are relative to the prefix
+        return self._listing(lambda: super(ObstoreStore, self).list_dir(self._key(prefix)))
 
 
 def make_obstore(
@@ -427,15 +456,22 @@ def make_obstore(
     from obstore import store as obstores
 
     kwargs = obstore_config(uri, storage_options)
-    service = SCHEMES[scheme_of(uri)]
-    cls = {_S3: obstores.S3Store, _GCS: obstores.GCSStore, _AZURE: obstores.AzureStore}.get(
-        service, obstores.HTTPStore
+    parts = urlsplit(uri.rstrip("/"))
+    root = f"{parts.scheme}://{parts.netloc}"
+    clients = process_state().clients
+    key = (root, json.dumps(kwargs, sort_keys=True, default=repr))
+    if key not in clients:  # a client costs ms to make and holds its own connection pool
+        service = SCHEMES[scheme_of(uri)]
+        cls = {_S3: obstores.S3Store, _GCS: obstores.GCSStore, _AZURE: obstores.AzureStore}.get(
+            service, obstores.HTTPStore
+        )
+        try:
+            clients[key] = cls.from_url(root, **kwargs)
+        except Exception as exc:  # a config obstore refuses: its message may quote values
+            raise ValueError(
+                f"cannot make an obstore store for {redact_uri(uri)!r}: {type(exc).__name__}: "
+                f"{scrub(str(exc).split(chr(10))[0], storage_options)}"
+            ) from None
+    return ObstoreStore(
+        clients[key], read_only=read_only, uri=uri, prefix=parts.path, storage_options=storage_options
     )
-    try:
-        store = cls.from_url(uri.rstrip("/"), **kwargs)
-    except Exception as exc:  # a config obstore refuses: its message may quote values
-        raise ValueError(
-            f"cannot make an obstore store for {redact_uri(uri)!r}: {type(exc).__name__}: "
-            f"{scrub(str(exc).split(chr(10))[0], storage_options)}"
-        ) from None
-    return ObstoreStore(store, read_only=read_only, uri=uri, storage_options=storage_options)

@@ -65,6 +65,9 @@ class ProcessState:
     #: the torch thread count a DataLoader worker set for its dataset (None: untouched).
     torch_threads: int | None = None
     stores: dict[tuple[str, str], Any] = field(default_factory=dict)
+    #: object-store clients (obstore's), one per bucket or host and options, which the
+    #: stores under them share with their connection pools.
+    clients: dict[tuple[str, str], Any] = field(default_factory=dict)
     arrays: dict[tuple[str, str, str], Any] = field(default_factory=dict)
     #: how each open array is laid out (see :mod:`zarr_torch.read.layout`), by array key.
     layouts: dict[Any, Any] = field(default_factory=dict)
