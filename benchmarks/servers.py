@@ -31,20 +31,18 @@ def delayed(app: Callable[..., Any], delay: float) -> Callable[..., Any]:
 def serve_moto(delays: Iterable[float], queue: Any) -> None:
     """Child process: moto's S3 server, one port per delay; puts ``{delay: port}`` on ``queue``.
 
-    The same server ``moto.server.ThreadedMotoServer`` starts (moto's WSGI app, threaded
-    werkzeug, moto's request handler), once per port, over one shared in-memory backend.
+    The server ``moto.server.ThreadedMotoServer`` starts (threaded werkzeug, moto's request
+    handler), once per port, over one shared in-memory backend, serving moto's S3 app
+    itself: ThreadedMotoServer's dispatcher, which finds the service of every request
+    under one lock, took a third of moto's CPU per GET (2.3 ms against 1.5 ms here).
     """
     import logging
 
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
+    from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = DomainDispatcherApplication(create_backend_app)
+    app = create_backend_app("s3")
     ports = {}
     for delay in delays:
         server = make_server(
