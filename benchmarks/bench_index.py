@@ -7,7 +7,8 @@ Three measurements, written to ``benchmarks/results/index.json`` and ``index.png
    from /proc/self/statm, against the file size); bytes per row in memory and on disk.
 2. ``--s3-stores`` stores (1,000) on moto's S3 server over HTTP on 127.0.0.1, run in its
    own process: ``SelectionIndex.build`` against opening the stores one after another
-   (``ZarrStore(uri, opts).get_array(path)`` in a loop), side by side.
+   (``ZarrStore(uri, opts).get_array(path)`` in a loop), side by side, through each of
+   ``--backends`` (s3fs, obstore), each run starting without open stores.
 3. The same with every request held ``--latency-ms`` (5, 10, 20 ms) inside moto's process
    (``servers.py``: a sleeping server thread, no proxy hop on the client's cores):
    loopback has no network latency, object storage does.
@@ -40,6 +41,7 @@ from servers import s3_options, serve_moto, start
 from tqdm.auto import tqdm
 
 from zarr_torch import SelectionIndex, ZarrStore
+from zarr_torch.process import process_state
 from zarr_torch.synth import write_metadata_stores
 
 ARRAY = "data/camera0_rgb"
@@ -210,18 +212,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_s3_pair(uris: list[str], prefix: str, port: int, server: int, label: str) -> dict[str, Any]:
+def cold() -> None:
+    """Forget this process's open stores, arrays and clients: each timed run starts as a
+    fresh process would."""
+    state = process_state()
+    for opened in (state.stores, state.arrays, state.layouts, state.clients):
+        opened.clear()
+
+
+def bench_s3_pair(uris: list[str], prefix: str, options: dict, server: int, label: str) -> dict[str, Any]:
     """Sequential opens, then ``build`` over the same stores, then ``build`` from the prefix.
 
     ``server`` is the pid of the moto process: its CPU time shows what bounds each run.
     """
-    options = s3_options(port)
 
     def sequential() -> None:
         for uri in tqdm(uris, desc=f"{label}: one after another", unit="store"):
             ZarrStore(uri=uri, storage_options=options).get_array(ARRAY)
 
     def run(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+        cold()
         cpu = cpu_seconds(server)
         out, seconds = timed(fn)
         return out, seconds, cpu_seconds(server) - cpu
@@ -242,8 +252,9 @@ def bench_s3_pair(uris: list[str], prefix: str, port: int, server: int, label: s
     }
 
 
-def bench_s3(stores: int, latencies_ms: list[float]) -> dict[str, Any]:
-    """Write ``stores`` metadata-only stores to moto, then compare at each added latency."""
+def bench_s3(stores: int, latencies_ms: list[float], backends: list[str]) -> dict[str, Any]:
+    """Write ``stores`` metadata-only stores to moto, then compare at each added latency,
+    through each backend (``"fsspec"``: s3fs; ``"obstore"``)."""
     moto, ports = start(serve_moto, sorted({0, *(ms / 1000 for ms in latencies_ms)}))
     try:
         s3fs.S3FileSystem(skip_instance_cache=True, **s3_options(ports[0])).mkdir("bench")
@@ -251,10 +262,12 @@ def bench_s3(stores: int, latencies_ms: list[float]) -> dict[str, Any]:
             "s3://bench/eps", stores=stores, frames=100, storage_options=s3_options(ports[0]), progress=True
         )
         runs = []
-        for latency in latencies_ms:
-            label = f"+{latency:g} ms" if latency else "loopback"
-            pair = bench_s3_pair(uris, "s3://bench/eps", ports[latency / 1000], moto.pid, label)
-            runs.append({"latency_ms": latency, **pair})
+        for backend in backends:
+            for latency in latencies_ms:
+                label = f"{backend}, " + (f"+{latency:g} ms" if latency else "loopback")
+                options = {**s3_options(ports[latency / 1000]), "backend": backend}
+                pair = bench_s3_pair(uris, "s3://bench/eps", options, moto.pid, label)
+                runs.append({"backend": backend, "latency_ms": latency, **pair})
         return {"stores": stores, "runs": runs}
     finally:
         moto.kill()
@@ -273,18 +286,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
 
     ax = axes[0]
-    runs = s3["runs"]
-    x = np.arange(len(runs))
-    seq = [r["sequential_s"] for r in runs]
-    build = [r["build_s"] for r in runs]
-    ax.bar(x - 0.2, seq, 0.4, label="open one after another")
-    ax.bar(x + 0.2, build, 0.4, label="SelectionIndex.build")
-    for xi, r in zip(x, runs, strict=True):
-        ax.annotate(f"{r['speedup']:.1f}x", (xi + 0.2, r["build_s"]), ha="center", va="bottom")
-    ax.set_xticks(x, [f"+{r['latency_ms']:g} ms" if r["latency_ms"] else "loopback" for r in runs])
-    ax.set_xlabel("latency added to every request")
-    ax.set_ylabel("seconds")
-    ax.set_title(f"{s3['stores']} stores on moto S3")
+    backends = list(dict.fromkeys(r["backend"] for r in s3["runs"]))
+    latencies = list(dict.fromkeys(r["latency_ms"] for r in s3["runs"]))
+    x, width = np.arange(len(latencies)), 0.8 / len(backends)
+    for i, backend in enumerate(backends):
+        runs = [r for r in s3["runs"] if r["backend"] == backend]
+        speedups = [r["speedup"] for r in runs]
+        at = x + (i - (len(backends) - 1) / 2) * width
+        ax.bar(at, speedups, width, label=backend)
+        for xi, v in zip(at, speedups, strict=True):
+            ax.annotate(f"{v:.1f}x", (xi, v), ha="center", va="bottom")
+    ax.axhline(15, color="k", linestyle="--", linewidth=0.8, label="target at +20 ms")
+    ax.set_xticks(x, [f"+{ms:g} ms" if ms else "loopback" for ms in latencies])
+    ax.set_xlabel("latency added to every request (inside moto)")
+    ax.set_ylabel("SelectionIndex.build / one store after another")
+    ax.set_title(f"{s3['stores']} stores on moto S3: build speed-up")
     ax.legend()
 
     ax = axes[1]
@@ -323,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--latency-ms", type=float, nargs="+", default=[0, 5, 10, 20], help="0: straight to moto"
     )
+    parser.add_argument("--backends", nargs="+", default=["fsspec", "obstore"], help="S3 backends")
     parser.add_argument("--episodes", type=int, default=200, help="episodes in each of --stores stores")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--probe-load", help=argparse.SUPPRESS)
@@ -342,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             **bench_episodes(Path(tmp), args.stores, args.episodes),
             "first_batch": bench_first_batch(),
         }
-    s3 = bench_s3(args.s3_stores, args.latency_ms)
+    s3 = bench_s3(args.s3_stores, args.latency_ms, args.backends)
     results = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},

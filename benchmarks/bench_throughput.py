@@ -12,6 +12,8 @@ of 64, and every frame it returns is checked against the written frames:
   its own, see ``peers.py``), random frames in batches of 64
 - numpy memmap of the same frames: no decode, the I/O limit
 - raw decode of the same chunks on both cores (bytes already in memory): the decode limit
+- on S3, the chunks zarr_torch fetches, fetched alone (obstore, 64 in flight, no decode):
+  the server limit
 - zarr_torch: ``ZarrFrameDataset.__getitems__`` per batch, its chunk cache off (chunk 16:
   also in ``ChunkAwareSampler`` order with the cache on, the way it is meant to be used)
 - datachain, when installed (chunk 1): ``ZarrSelection.read()`` and ``to_pytorch()``
@@ -164,6 +166,21 @@ def zarr_torch_ahead(ds: ZarrFrameDataset, order: np.ndarray, depth: int = 2) ->
     ]
 
 
+def fetch_only(ds: ZarrFrameDataset, order: np.ndarray, options: dict, chunk: int) -> int:
+    """Each batch's distinct chunks fetched through obstore, 64 requests in flight across
+    the whole epoch, nothing decoded: the most frames/s the server gives any reader that
+    fetches those chunks (zarr_torch's reads, cache off, fetch exactly these)."""
+    stores = {s.uri: make_store(s.uri, options) for s in ds.index.stores}
+    keys = [
+        (uri, f"{ARRAY}/c/{frame // chunk}/0/0/0")
+        for batch in batches(order)
+        for uri, frame in dict.fromkeys((u, t // chunk * chunk) for u, t in locate(ds, batch))
+    ]
+    proto = default_buffer_prototype()
+    sync(process.gather_bounded((stores[uri].get(key, proto) for uri, key in keys), limit=64))
+    return len(order)
+
+
 def memmap_reads(frames: np.memmap, order: np.ndarray) -> Frames:
     out = []
     for batch in batches(order):
@@ -305,6 +322,11 @@ def bench_layout(
         obstore_ds = ZarrFrameDataset(uris, array=ARRAY, storage_options=fast, cache_bytes=0)
         readers["zarr_torch, obstore"] = (lambda: zarr_torch_batched(obstore_ds, order, fast), order)
         readers["zarr_torch, obstore + read-ahead"] = (lambda: zarr_torch_ahead(obstore_ds, order), order)
+        chunk = LAYOUTS[name]["chunk"]
+        readers["obstore fetch only, no decode (server limit)"] = (
+            lambda: fetch_only(ds, order, fast, chunk),
+            order,
+        )
     else:
         path = f"{root}/frames.u8"
         reference.tofile(path)
