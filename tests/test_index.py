@@ -22,6 +22,8 @@ from zarr_torch import SelectionIndex, ZarrFrameDataset, ZarrStore, read_zarr
 from zarr_torch.cli import main
 from zarr_torch.index import ROW_DTYPE
 from zarr_torch.indexfile import MAGIC, rows_offset
+from zarr_torch.process import process_state
+from zarr_torch.stores import options_key
 from zarr_torch.synth import make_actions, make_frames, write_metadata_stores, write_store, write_stores
 from zarr_torch.tables import TABLE_DTYPE
 
@@ -40,6 +42,22 @@ def pixels(index: SelectionIndex, **options) -> np.ndarray:
 
 
 # -- building and access ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_a_build_parses_each_distinct_metadata_document_once(tmp_path, zarr_format):
+    layout = {"chunk": 4, "zarr_format": zarr_format}
+    paths = write_stores(str(tmp_path / "a"), stores=3, frames=8, size=SIZE, **layout)
+    paths += write_stores(str(tmp_path / "b"), stores=2, frames=12, size=SIZE, **layout)
+    parsed = process_state().metadata
+    parsed.clear()
+    index = SelectionIndex.build(paths, array=ARRAY)
+    assert len(parsed) == 2, "one parse per distinct document, not per store"
+    opened = [process_state().arrays[(p, ARRAY, options_key(None))] for p in paths]
+    # the first store is opened by zarr, probing for its format; the others share
+    assert len({id(arr.metadata) for arr in opened[1:]}) == 2
+    assert [arr.shape[0] for arr in opened] == [8, 8, 8, 12, 12]
+    np.testing.assert_array_equal(pixels(index)[-1], make_frames(1, 12, SIZE)[-1])  # seeds restart
 
 
 def test_build_has_one_16_byte_row_per_item(local_stores):

@@ -69,6 +69,8 @@ class ProcessState:
     #: stores under them share with their connection pools.
     clients: dict[tuple[str, str], Any] = field(default_factory=dict)
     arrays: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    #: parsed array metadata, by the bytes of its documents (see ``stores.open_node``).
+    metadata: dict[bytes, Any] = field(default_factory=dict)
     #: how each open array is laid out (see :mod:`zarr_torch.read.layout`), by array key.
     layouts: dict[Any, Any] = field(default_factory=dict)
     #: decoded shard indexes, by (array key, shard coordinates).

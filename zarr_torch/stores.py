@@ -14,6 +14,7 @@ second or more (the client's retried SYN), so give it ``{"max_requests_per_host"
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 
 import zarr.api.asynchronous as zasync
 from zarr.abc.store import Store
-from zarr.core.array import AsyncArray
+from zarr.core.array import AsyncArray, parse_array_metadata
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import AsyncGroup
 from zarr.errors import NodeNotFoundError
@@ -44,6 +45,8 @@ MAX_REQUESTS_OPTION = "max_requests_per_host"
 #: requests in flight to one host when the storage options do not say: as many as the
 #: connections of an S3 store (:data:`S3_CONNECTIONS`).
 REQUESTS_PER_HOST = S3_CONNECTIONS
+#: distinct metadata documents a process keeps parsed (see :func:`open_node`).
+METADATA_PARSED = 4096
 
 
 def is_local(uri: str) -> bool:
@@ -169,12 +172,17 @@ async def open_node(
     """Open the array or group at ``path`` in the store at ``uri``.
 
     ``zarr_format`` (2 or 3), when known, reads only that format's metadata documents
-    instead of probing for both. Raises ``FileNotFoundError`` naming the store (and the
-    path when the store exists), and ``ValueError`` naming both when its metadata cannot
-    be read (invalid JSON, an unknown dtype, a negative shape).
+    instead of probing for both, and parses each distinct document once per process.
+    Raises ``FileNotFoundError`` naming the store (and the path when the store exists),
+    and ``ValueError`` naming both when its metadata cannot be read (invalid JSON, an
+    unknown dtype, a negative shape).
     """
     store = get_store(uri, storage_options)
     try:
+        if zarr_format is not None:
+            arr = await _open_parsed(await StorePath.open(store, path, mode="r"), zarr_format)
+            if arr is not None:
+                return arr
         return await zasync.open(store=store, path=path, mode="r", zarr_format=zarr_format)
     except (FileNotFoundError, NodeNotFoundError) as exc:
         shown = redact_uri(uri)
@@ -195,6 +203,29 @@ async def open_node(
             f"cannot open {path or '/'!r} in store {redact_uri(uri)!r}: "
             f"{type(exc).__name__}: {scrub(str(exc), storage_options)}"
         ) from exc
+
+
+async def _open_parsed(store_path: StorePath, zarr_format: int) -> AsyncArray | None:
+    """The array at ``store_path`` from its ``zarr_format`` metadata documents, each
+    distinct document parsed once in this process (a thousand episodes written alike parse
+    once); None when they are absent or not an array's, for zarr to say what is there."""
+    names = ("zarr.json",) if zarr_format == 3 else (".zarray", ".zattrs")
+    prototype = default_buffer_prototype()
+    found = await asyncio.gather(*((store_path / name).get(prototype) for name in names))
+    if found[0] is None:
+        return None
+    raw = b"\0".join(b"" if buffer is None else buffer.to_bytes() for buffer in found)
+    parsed = process_state().metadata
+    if raw not in parsed:
+        document = json.loads(found[0].to_bytes())
+        if zarr_format == 2:
+            document["attributes"] = json.loads(found[1].to_bytes()) if found[1] is not None else {}
+        elif document.get("node_type") != "array":
+            return None
+        if len(parsed) >= METADATA_PARSED:
+            parsed.clear()
+        parsed[raw] = parse_array_metadata(document)
+    return AsyncArray(parsed[raw], store_path)
 
 
 def _unknown_codec(uri: str, path: str, exc: BaseException) -> str:
