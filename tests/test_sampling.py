@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
+import torch
 from checks import CollateWithStats, assert_every_frame_once, frame_id, roundtrip_pickle
-from conftest import SIZE, reference
+from conftest import LAYOUTS, SIZE, reference
 from torch.utils.data import BatchSampler, DataLoader
 
 from zarr_torch import SelectionIndex, ZarrFrameDataset, ZarrStore
 from zarr_torch.index import ROW_DTYPE, ArrayEntry
-from zarr_torch.sampling import ChunkAwareSampler, ReadAheadBatches
+from zarr_torch.sampling import AheadBatch, ChunkAwareSampler, ReadAheadBatches
 from zarr_torch.synth import write_stores
 from zarr_torch.testing import FaultProxy
 
@@ -296,3 +300,28 @@ def test_workers_fetch_their_next_batches_ahead_from_s3(
     assert used > 0 and max(stats["fetches_ahead"] for _, stats in got) >= used, (
         "chunks came from fetches ahead"
     )
+
+
+def test_planning_the_next_batches_never_holds_up_this_one(s3_bucket, s3_options, s3_endpoint):
+    """Planning a batch ahead reads its shard's index; the batch asked for now returns
+    while that request is held, and the batch ahead is then read from the fetches begun."""
+    layout = LAYOUTS["v3-sharded-chunk1"]
+    write_stores(f"{s3_bucket}/eps", stores=2, frames=16, size=SIZE, storage_options=s3_options, **layout)
+    held = f"episode_00001.zarr/{ARRAY}/c/1/0/0/0"  # the shard of frames 24-27
+    with FaultProxy(s3_endpoint, hold=lambda path: path.endswith(held)) as proxy:
+        options = {**s3_options, "client_kwargs": {**s3_options["client_kwargs"], "endpoint_url": proxy.url}}
+        ds = ZarrFrameDataset(f"{s3_bucket}/eps", array=ARRAY, storage_options=options)
+        with ThreadPoolExecutor(1) as pool:
+            now = pool.submit(ds.__getitems__, AheadBatch([0, 1, 2, 3], [[24, 25, 26, 27]]))
+            try:
+                frames = now.result(timeout=20)
+            finally:
+                proxy.released.set()
+        np.testing.assert_array_equal(torch.stack(frames).numpy(), reference(2, 16)[:4])
+        for _ in range(200):  # the planning goes on once released: wait for its fetches
+            if ds.stats()["fetches_ahead"]:
+                break
+            time.sleep(0.05)
+        ahead = torch.stack(ds.__getitems__([24, 25, 26, 27])).numpy()
+        np.testing.assert_array_equal(ahead, reference(2, 16)[24:28])
+        assert ds.stats()["fetches_ahead_used"] > 0

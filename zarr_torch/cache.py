@@ -112,6 +112,7 @@ class AheadFetches:
         self.budget = budget
         self.nbytes = 0
         self._tasks: OrderedDict[Hashable, tuple[asyncio.Task, int]] = OrderedDict()
+        self._planning: set[asyncio.Task] = set()
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -131,6 +132,14 @@ class AheadFetches:
         self._tasks[key] = task, size
         self.nbytes += size
         return True
+
+    def plan(self, planning: Coroutine[Any, Any, Any]) -> None:
+        """Run ``planning`` (which starts fetches, and may itself fetch shard indexes) in
+        the background, kept until it is done: the batch being read never waits for it."""
+        task = asyncio.ensure_future(planning)
+        self._planning.add(task)
+        task.add_done_callback(self._planning.discard)
+        task.add_done_callback(_retrieve)
 
     def take(self, key: Hashable) -> asyncio.Task | None:
         """The fetch started under ``key`` (removed), or None."""

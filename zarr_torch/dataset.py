@@ -175,17 +175,23 @@ class ZarrFrameDataset(Dataset):
     async def _read_all(
         self, idx: np.ndarray, budget: dict[str, Any], ahead: list[np.ndarray]
     ) -> list[list[Any]]:
-        """Every index's items of ``idx``; then, while they are read, the fetches of the
-        batches ``ahead`` start (they continue on the I/O loop after this returns)."""
+        """Every index's items of ``idx``; meanwhile the fetches of the batches ``ahead``
+        are planned and started in the background (they continue on the I/O loop after
+        this returns)."""
         reading = asyncio.gather(
             *(self._read(index, index.rows[idx], budget) for index in self.indexes.values())
         )
+        if ahead:
+            process.process_state().ahead.plan(self._prefetch(ahead, budget))
+        return await reading
+
+    async def _prefetch(self, ahead: list[np.ndarray], budget: dict[str, Any]) -> None:
+        """Start fetching what the batches ``ahead`` will read."""
         for batch in ahead:
             for index in self.indexes.values():
                 specs, spec_of = index.read_specs(documents=self.trust_index)
                 for ids, starts, length in _requests(index, index.rows[batch]):
                     await read.prefetch_items(specs, spec_of[ids], starts, length, cache=budget["cache"])
-        return await reading
 
     async def _read(self, index: SelectionIndex, rows: np.ndarray, budget: dict[str, Any]) -> list[Any]:
         """The items (or windows, edge frames repeated) of ``rows``; exceptions in place."""
@@ -200,10 +206,7 @@ class ZarrFrameDataset(Dataset):
         blocks: list[Any] = [None] * len(rows)
         groups = [np.flatnonzero(span == n) for n in np.unique(span)]
         got = await asyncio.gather(
-            *(
-                read.read_items(specs, ids[m], read_at[m], int(span[m[0]]), **options)
-                for m in groups
-            )
+            *(read.read_items(specs, ids[m], read_at[m], int(span[m[0]]), **options) for m in groups)
         )
         for m, group in zip(groups, got, strict=True):
             for k, b in zip(m.tolist(), group, strict=True):

@@ -51,18 +51,29 @@ def _upstream_connection(host: str, port: int) -> http.client.HTTPConnection:
 class FaultProxy:
     """A threaded HTTP/1.1 proxy on 127.0.0.1 that forwards to ``target``.
 
-    Each request waits ``delay`` seconds, then ``fault`` may answer it with a 503 SlowDown
-    or 500 InternalError, or reset the connection, instead of forwarding it.
+    Each request waits ``delay`` seconds (and one whose path ``hold`` accepts, until
+    ``released`` is set), then ``fault`` may answer it with a 503 SlowDown or 500
+    InternalError, or reset the connection, instead of forwarding it.
     ``requests`` counts what was forwarded or failed per (method, path).
     """
 
-    def __init__(self, target: str, *, delay: float = 0.0, fault: FaultRule | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        delay: float = 0.0,
+        fault: FaultRule | None = None,
+        hold: Callable[[str], bool] | None = None,
+    ) -> None:
         parts = urlsplit(target)
         if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"FaultProxy only forwards to loopback, not {parts.hostname!r}")
         self.target = (parts.hostname, parts.port or 80)
         self.delay = delay
         self.fault = fault
+        self.hold = hold
+        #: set to let the requests ``hold`` holds go on (each waits at most 30 s).
+        self.released = threading.Event()
         self.requests: Counter[tuple[str, str]] = Counter()
         self.faults: Counter[str] = Counter()
         self._count = 0
@@ -123,6 +134,8 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else None
                 if proxy.delay:
                     time.sleep(proxy.delay)
+                if proxy.hold and proxy.hold(self.path.split("?")[0]):
+                    proxy.released.wait(timeout=30)
                 fault = proxy._decide(self.command, self.path.split("?")[0])
                 if fault == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
