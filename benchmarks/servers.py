@@ -54,6 +54,7 @@ def serve_moto(delays: Iterable[float], queue: Any) -> None:
             port=0,
             threads=128,
             connection_limit=2048,
+            outbuf_overflow=1 << 26,  # bodies stay in memory, not a temp file beyond 1 MiB
         )
         threading.Thread(target=server.run, daemon=True).start()
         ports[delay] = server.effective_port
