@@ -398,8 +398,16 @@ class SelectionIndex:
                     )
 
     def fingerprints(self) -> list[str]:
-        """A digest of the path, shape, chunks and dtype of each store's indexed arrays."""
-        return [_fingerprint(metas) for metas in self._metas_by_store()]
+        """A digest of the path, shape, chunks and dtype of each store's indexed arrays
+        (computed once per distinct set: a thousand stores written alike share one)."""
+        ids: list[set[int]] = [set() for _ in self.stores]
+        for st, m in self.arrays.sources()[0].tolist():
+            ids[st].add(m)
+        digests: dict[frozenset[int], str] = {}
+        for key in map(frozenset, ids):
+            if key not in digests:
+                digests[key] = _fingerprint(self.arrays.metas[m].meta() for m in key)
+        return [digests[frozenset(key)] for key in ids]
 
     def verify(self) -> list[str]:
         """The URIs of stores whose indexed arrays changed since the build; [] if none did.
