@@ -1,9 +1,15 @@
-"""Checks shared by the test modules: pickling, every-frame-exactly-once, a worker loader."""
+"""Checks shared by the test modules: pickling, every-frame-exactly-once, a worker loader,
+and running a multi-process job (torchrun, a trainer) with a bound on its time."""
 
 from __future__ import annotations
 
+import os
 import pickle
-from collections.abc import Iterable
+import signal
+import socket
+import subprocess
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,3 +61,40 @@ def shuffled_loader(ds: Dataset, context: str = "spawn") -> DataLoader:
     return DataLoader(
         ds, batch_size=8, shuffle=True, num_workers=2, timeout=120, multiprocessing_context=context
     )
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_group(
+    argv: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float,
+    on_timeout: Callable[[int], object] | None = None,
+) -> tuple[int | None, str]:
+    """Run ``argv`` in a process group of its own, stdout and stderr merged: its exit code
+    and output. Past ``timeout`` seconds ``on_timeout(pgid)`` runs (to take the stacks,
+    say), then the whole group is killed and the code is None.
+    """
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        if on_timeout:
+            on_timeout(proc.pid)
+        os.killpg(proc.pid, signal.SIGKILL)
+        return None, proc.communicate()[0]

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from checks import free_port, run_group
 
 from zarr_torch.build import DistributedBuildError, build_distributed
 from zarr_torch.cli import main
@@ -31,12 +30,6 @@ STORES = 5  # odd: the two ranks' slices differ in size (2 and 3 stores)
 EPISODES = [6, 10]  # two episodes a store
 TIMEOUT = 180  # seconds for one torchrun job
 RANK_TIMEOUT = 60  # the --timeout the ranks get: a failure must come well before it
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(args: list[str], cwd: Path, nproc: int = 2) -> tuple[subprocess.CompletedProcess, float]:
@@ -51,22 +44,10 @@ def torchrun(args: list[str], cwd: Path, nproc: int = 2) -> tuple[subprocess.Com
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     began = time.monotonic()
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
+    code, out = run_group(argv, cwd, env, TIMEOUT)
+    if code is None:
         pytest.fail(f"torchrun {' '.join(args)}: no result after {TIMEOUT} s\n{out[-4000:]}")
-    return subprocess.CompletedProcess(argv, proc.returncode, out, None), time.monotonic() - began
+    return subprocess.CompletedProcess(argv, code, out, None), time.monotonic() - began
 
 
 def cli_build(source: str, output: Path, *options: str) -> list[str]:

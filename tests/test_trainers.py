@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -27,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from checks import frame_id
+from checks import frame_id, free_port, run_group
 
 from zarr_torch import ChunkAwareSampler, ZarrFrameDataset
 from zarr_torch.synth import write_stores
@@ -45,12 +43,6 @@ Batch = list[Frame]
 
 
 # -- running the scripts -------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def group_stacks(pgid: int) -> str:
@@ -112,27 +104,15 @@ def run(name: str, argv: list[str], work: Path) -> Run:
         "HF_HOME": str(work / "hf"),  # no user accelerate config
         "PYTHONWARNINGS": "ignore",
     }
-    proc = subprocess.Popen(
-        argv,
-        cwd=work,  # lightning_logs/ goes here
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        log, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        stacks = group_stacks(proc.pid)
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
+    stacks: list[str] = []  # lightning_logs/ goes in work
+    code, log = run_group(argv, work, env, TIMEOUT, on_timeout=lambda pgid: stacks.append(group_stacks(pgid)))
+    if code is None:
         seen = {
             p.name: len(p.read_text().splitlines()) for p in sorted((work / f"{name}-seen").glob("*.jsonl"))
         }
-        pytest.fail(f"{name}: no result after {TIMEOUT} s; records {seen}\n{log[-3000:]}\n{stacks}")
+        pytest.fail(f"{name}: no result after {TIMEOUT} s; records {seen}\n{log[-3000:]}\n{stacks[0]}")
     (work / f"{name}.log").write_text(log)
-    assert proc.returncode == 0, f"{name} failed (exit {proc.returncode}):\n{log[-3000:]}"
+    assert code == 0, f"{name} failed (exit {code}):\n{log[-3000:]}"
     return Run(name, work / f"{name}-seen")
 
 
