@@ -341,7 +341,8 @@ class SelectionIndex:
                     f"items on its leading {axes} {list(theirs)} but {entry.path!r} has {math.prod(ours)} "
                     f"{list(ours)}"
                 )
-            meta_ids.append(metas.meta_id(replace(_opened(0, path, arr, None), item_axes=k)))
+            opened = _opened(0, self.stores[st], path, arr, None)
+            meta_ids.append(metas.meta_id(replace(opened, item_axes=k)))
         table = self.arrays.table.copy()
         table["meta"] = np.array(meta_ids or [0], dtype=np.int64)[inverse]
         return self._derive(self.rows, self._mapped, arrays=ArrayTable(metas.metas, table))
@@ -400,14 +401,12 @@ class SelectionIndex:
     def fingerprints(self) -> list[str]:
         """A digest of the path, shape, chunks and dtype of each store's indexed arrays
         (computed once per distinct set: a thousand stores written alike share one)."""
-        ids: list[set[int]] = [set() for _ in self.stores]
-        for st, m in self.arrays.sources()[0].tolist():
-            ids[st].add(m)
-        digests: dict[frozenset[int], str] = {}
-        for key in map(frozenset, ids):
+        keys = [frozenset(metas) for metas in self._metas_by_store()]
+        digests: dict[frozenset[Meta], str] = {}
+        for key in keys:
             if key not in digests:
-                digests[key] = _fingerprint(self.arrays.metas[m].meta() for m in key)
-        return [digests[frozenset(key)] for key in ids]
+                digests[key] = _fingerprint(key)
+        return [digests[key] for key in keys]
 
     def verify(self) -> list[str]:
         """The URIs of stores whose indexed arrays changed since the build; [] if none did.
@@ -643,18 +642,10 @@ def _entry(store_id: int, arr: ZarrArray, media: Media | None) -> ArrayEntry:
     )
 
 
-def _opened(store_id: int, path: str, arr: AsyncArray, media: Media | None) -> ArrayEntry:
+def _opened(store_id: int, store: ZarrStore, path: str, arr: AsyncArray, media: Media | None) -> ArrayEntry:
     """The entry of an open array, with its metadata document (workers open it from that)."""
-    return ArrayEntry(
-        store=store_id,
-        path=path,
-        shape=tuple(arr.shape),
-        chunks=tuple(arr.chunks),
-        dtype=str(arr.dtype),
-        media=media,
-        attrs=dict(arr.attrs),
-        document=metadata_document(arr),
-    )
+    entry = _entry(store_id, ZarrArray.from_handle(store, path, arr), media)
+    return replace(entry, document=metadata_document(arr))
 
 
 def _with_item_axes(
@@ -779,7 +770,8 @@ def _read_entries(
         finally:
             if bar is not None:
                 bar.close()
-        return [_opened(i, path, arr, media) for i, arr in enumerate([first, *rest])]
+        opened = zip(stores, [first, *rest], strict=True)
+        return [_opened(i, store, path, arr, media) for i, (store, arr) in enumerate(opened)]
 
     return process.run(read_all())
 
