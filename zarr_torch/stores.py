@@ -18,7 +18,7 @@ import asyncio
 import itertools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -27,6 +27,7 @@ from zarr.abc.store import Store
 from zarr.core.array import AsyncArray, parse_array_metadata
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import AsyncGroup
+from zarr.core.metadata import ArrayMetadata
 from zarr.errors import NodeNotFoundError
 from zarr.storage import FsspecStore, LocalStore, StorePath, ZipStore
 
@@ -206,26 +207,38 @@ async def open_node(
 
 
 async def _open_parsed(store_path: StorePath, zarr_format: int) -> AsyncArray | None:
-    """The array at ``store_path`` from its ``zarr_format`` metadata documents, each
-    distinct document parsed once in this process (a thousand episodes written alike parse
-    once); None when they are absent or not an array's, for zarr to say what is there."""
+    """The array at ``store_path`` from its ``zarr_format`` metadata documents (see
+    :func:`_parsed`); None when they are absent or not an array's, for zarr to say what
+    is there."""
     names = ("zarr.json",) if zarr_format == 3 else (".zarray", ".zattrs")
     prototype = default_buffer_prototype()
     found = await asyncio.gather(*((store_path / name).get(prototype) for name in names))
     if found[0] is None:
         return None
-    raw = b"\0".join(b"" if buffer is None else buffer.to_bytes() for buffer in found)
-    parsed = process_state().metadata
-    if raw not in parsed:
+
+    def document() -> dict | None:
         document = json.loads(found[0].to_bytes())
         if zarr_format == 2:
-            document["attributes"] = json.loads(found[1].to_bytes()) if found[1] is not None else {}
-        elif document.get("node_type") != "array":
+            return {**document, "attributes": json.loads(found[1].to_bytes()) if found[1] is not None else {}}
+        return document if document.get("node_type") == "array" else None
+
+    metadata = _parsed(b"\0".join(b"" if buffer is None else buffer.to_bytes() for buffer in found), document)
+    return None if metadata is None else AsyncArray(metadata, store_path)
+
+
+def _parsed(key: bytes, document: Callable[[], dict | None]) -> ArrayMetadata | None:
+    """The array metadata of ``document()`` (None: not an array's), parsed once in this
+    process for each distinct ``key`` (its bytes): a thousand episodes written alike parse
+    once, whether read from their stores or from an index."""
+    parsed = process_state().metadata
+    if key not in parsed:
+        found = document()
+        if found is None:
             return None
         if len(parsed) >= METADATA_PARSED:
             parsed.clear()
-        parsed[raw] = parse_array_metadata(document)
-    return AsyncArray(parsed[raw], store_path)
+        parsed[key] = parse_array_metadata(found)
+    return parsed[key]
 
 
 def _unknown_codec(uri: str, path: str, exc: BaseException) -> str:
@@ -294,8 +307,8 @@ async def open_array(
     key = (uri, path, options_key(storage_options))
     arr = None if refresh else state.arrays.get(key)
     if arr is None and document is not None and not refresh:
-        store_path = StorePath(get_store(uri, storage_options), path)
-        arr = state.arrays[key] = AsyncArray.from_dict(store_path, document)
+        metadata = _parsed(json.dumps(document, sort_keys=True).encode(), lambda: document)
+        arr = state.arrays[key] = AsyncArray(metadata, StorePath(get_store(uri, storage_options), path))
         state.layouts.pop(key, None)
     if arr is None:
         node = await open_node(uri, path, storage_options, zarr_format=zarr_format)
