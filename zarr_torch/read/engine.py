@@ -68,18 +68,15 @@ async def read_items(
     used = [ArraySpec(*specs[int(a)]) for a in ids]  # the specs of this batch's arrays
     out: list[np.ndarray | BaseException] = [None] * len(starts)  # type: ignore[list-item]
     with read_options(strict=strict, retry=retry):
-        opened = await asyncio.gather(
-            *(open_array(s.uri, s.path, s.options, document=s.document) for s in used),
-            return_exceptions=True,
-        )
+        opened = await asyncio.gather(*map(_layout, used), return_exceptions=True)
         layouts: list[Layout | None] = []
-        for spec, arr, m in zip(used, opened, members, strict=True):
-            if isinstance(arr, BaseException):
+        for layout, m in zip(opened, members, strict=True):
+            if isinstance(layout, BaseException):
                 layouts.append(None)
                 for k in m:
-                    out[k] = arr
+                    out[k] = layout
                 continue
-            layouts.append(layout_of((spec.uri, spec.path, options_key(spec.options)), arr, spec.item_axes))
+            layouts.append(layout)
         batches = _allocate(layouts, len(starts), length)
         reads = [
             _ArrayRead(layout, m, starts[m], span, batch if length else batch[:, None], strict, budget)
@@ -124,12 +121,10 @@ async def prefetch_items(
     array_ids, starts = np.asarray(array_ids), np.asarray(starts, dtype=np.int64)
     span, started = max(length, 1), 0
     for a in np.unique(array_ids):
-        spec = ArraySpec(*specs[int(a)])
         try:
-            arr = await open_array(spec.uri, spec.path, spec.options, document=spec.document)
+            layout = await _layout(ArraySpec(*specs[int(a)]))
         except Exception:
             continue
-        layout = layout_of((spec.uri, spec.path, options_key(spec.options)), arr, spec.item_axes)
         if layout.files is not None:  # read in place: no latency to hide
             continue
         mine = starts[array_ids == a]
@@ -146,6 +141,13 @@ async def prefetch_items(
             started += state.ahead.start(_ahead_key(layout, unit), size, read_remote(layout, unit))
     state.stats.add(fetches_ahead=started)
     return started
+
+
+async def _layout(spec: ArraySpec) -> Layout:
+    """How the array of ``spec`` is laid out, opened once in this process (from its
+    metadata document when the spec has one)."""
+    arr = await open_array(spec.uri, spec.path, spec.options, document=spec.document)
+    return layout_of((spec.uri, spec.path, options_key(spec.options)), arr, spec.item_axes)
 
 
 def _ahead_key(layout: Layout, unit: Unit) -> tuple:
