@@ -290,15 +290,13 @@ class ReadAheadBatches(Sampler[list[int]]):
         reach = self.stride * self.depth
         window: deque[list[int]] = deque()
         batches = iter(self.batches)
-        for batch in batches:
-            window.append(batch)
-            if len(window) > reach:
-                break
-        while window:
+        while True:
             for batch in batches:  # keep the window full: this batch and ``reach`` more
                 window.append(batch)
                 if len(window) > reach:
                     break
+            if not window:
+                break
             ahead = [window[k] for k in range(self.stride, reach + 1, self.stride) if k < len(window)]
             self._held = sum(map(len, window)) - len(window[0])
             yield AheadBatch(window.popleft(), ahead)
