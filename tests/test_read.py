@@ -148,6 +148,49 @@ def test_codec_chains_decode_exactly_and_natively(tmp_path, layout):
 
 
 @pytest.mark.parametrize(
+    "compressors",
+    [None, zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec(), zarr.codecs.GzipCodec()],
+    ids=["none", "zstd", "crc32c", "gzip"],
+)
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"zarr_format": 3},
+        {"zarr_format": 3, "chunk_key_encoding": {"name": "default", "separator": "."}},
+        {"zarr_format": 3, "chunk_key_encoding": {"name": "v2", "separator": "."}},
+        {"zarr_format": 2, "chunk_key_encoding": {"name": "v2", "separator": "/"}},
+    ],
+    ids=["default", "default-dot", "v2-dot", "v2-format-slash"],
+)
+def test_cached_chunks_stay_exact_while_later_reads_reuse_the_read_buffer(tmp_path, compressors, keys):
+    """Local chunks are read into a buffer each decode thread reuses; a chunk kept in the
+    cache must never be a view of it (an uncompressed or checksum-only chunk would be)."""
+    if keys["zarr_format"] == 2:  # the same chains as v2 compressors (a checksum as Fletcher32)
+        v2 = {"zstd": numcodecs.Zstd(), "crc32c": numcodecs.Fletcher32(), "gzip": numcodecs.GZip()}
+        compressors = v2.get(type(compressors).__name__.removesuffix("Codec").lower())
+    values = (np.arange(32 * 4 * 4) % 251).reshape(32, 4, 4).astype("uint8")
+    arr = zarr.create_array(
+        str(tmp_path / "a.zarr"),
+        shape=values.shape,
+        chunks=(8, 4, 4),
+        dtype="uint8",
+        compressors=compressors,
+        **keys,
+    )
+    arr[...] = values
+    ds = ZarrFrameDataset(str(tmp_path / "a.zarr"), threads=1)
+    start = ds.stats()
+    first = [1, 6, 3]
+    np.testing.assert_array_equal(torch.stack(ds.__getitems__(first)).numpy(), values[first])
+    others = list(range(8, 32, 3))
+    np.testing.assert_array_equal(torch.stack(ds.__getitems__(others)).numpy(), values[others])
+    before = ds.stats()
+    np.testing.assert_array_equal(torch.stack(ds.__getitems__([0, 7])).numpy(), values[[0, 7]])
+    assert delta(ds, before, "cache_hits") == 1 and delta(ds, before, "chunks_fetched") == 0
+    assert delta(ds, start, "chunks_decoded_direct") == 4 and delta(ds, start, "reads_in_place") == 4
+
+
+@pytest.mark.parametrize(
     "codecs",
     [
         {"filters": [zarr.codecs.TransposeCodec(order=(2, 1, 0))]},

@@ -124,7 +124,9 @@ class DirectDecoder:
     """Decodes one chunk with numcodecs-like steps in order, then a view as ``stored``.
 
     ``into`` says whether :meth:`decode` can write straight into the caller's bytes of
-    the chunk (one compressor or none, C order, native byte order).
+    the chunk (one compressor or none, C order, native byte order); ``fresh`` whether the
+    chunk it returns never shares memory with ``raw`` (its last step is a compressor), so
+    ``raw`` may be a buffer the caller reuses.
     """
 
     steps: tuple[Any, ...]
@@ -132,6 +134,9 @@ class DirectDecoder:
     shape: tuple[int, ...]
     order: str = "C"
     into: bool = field(init=False)
+    fresh: bool = field(init=False)
+    #: whether the last step writes a chunk into ``out`` given as flat bytes.
+    _last_fills_out: bool = field(init=False)
 
     def __post_init__(self) -> None:
         into = (
@@ -139,7 +144,10 @@ class DirectDecoder:
             and self.stored.isnative
             and all(isinstance(s, _Crc32c) for s in self.steps[:-1])
         )
+        last = self.steps[-1] if self.steps else None
         object.__setattr__(self, "into", into)
+        object.__setattr__(self, "fresh", isinstance(last, COMPRESSORS))
+        object.__setattr__(self, "_last_fills_out", last is not None and _fills_flat_out(last))
 
     def decode(self, raw: Any, out: np.ndarray | None = None) -> np.ndarray:
         """The chunk of ``raw`` bytes; with ``out`` (the chunk's bytes in the batch, a flat
@@ -150,7 +158,7 @@ class DirectDecoder:
             buf = step.decode(buf)
         last = self.steps[-1] if self.steps else None
         if out is not None:
-            if last is not None and _fills_flat_out(last):
+            if self._last_fills_out:
                 last.decode(buf, out=out)
                 return out
             data = buf if last is None else last.decode(buf)  # image codecs: (H, W, C) arrays
@@ -167,6 +175,19 @@ class DirectDecoder:
             else buf.view(self.stored)
         )
         return data.reshape(self.shape, order=self.order)  # type: ignore[call-overload]
+
+
+#: decoders whose output is always new memory, never a view of their input.
+COMPRESSORS = (
+    _Zstd,
+    _Blosc,
+    numcodecs.GZip,
+    numcodecs.Zlib,
+    numcodecs.BZ2,
+    numcodecs.LZMA,
+    numcodecs.LZ4,
+    numcodecs.Zstd,
+)
 
 
 def _fills_flat_out(codec: Any) -> bool:

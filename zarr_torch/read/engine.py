@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -303,17 +302,28 @@ async def _run_local(reads: list[_ArrayRead], budget: _Budget) -> None:
 
 
 def _local_units(work: list[tuple[_ArrayRead, Unit]]) -> list[tuple[_ArrayRead, int, BaseException | None]]:
-    """Read, decode and assemble units of local stores (on a decode thread)."""
-    out, counts = [], Counter()
+    """Read, decode and assemble units of local stores (on a decode thread). A chunk that
+    decodes to new memory is read into the thread's reusable buffer."""
+    out, counts = [], dict.fromkeys(_COUNTS, 0)
     for r, unit in work:
         try:
-            raw = read_local(r.layout, unit)
+            raw = read_local(r.layout, unit, reuse=r.job.reuse)
         except Exception as exc:
             out += [(r, i, exc) for i, _, _ in unit.parts]
             continue
         out += [(r, i, v) for i, v in r.job.unit(unit, raw, counts).items()]
     process_state().stats.add(**counts)
     return out
+
+
+#: what decoding units counts, for ``ds.stats()``.
+_COUNTS = (
+    "chunks_fetched",
+    "bytes_fetched",
+    "chunks_decoded_direct",
+    "chunks_decoded_into_batch",
+    "bytes_decoded",
+)
 
 
 class _Decode:
@@ -332,6 +342,8 @@ class _Decode:
         self.layout, self.tasks, self.batch, self.span, self.keep = layout, tasks, batch, span, keep
         self.strict, self.budget = strict, budget
         self.into = layout.decoder is not None and layout.decoder.into and one_frame_chunks(layout, span)
+        #: whether a read may land in a buffer reused for the next: nothing decoded keeps it
+        self.reuse = self.into or (layout.decoder is not None and layout.decoder.fresh)
         self.chunk_bytes = int(np.prod(layout.chunk)) * layout.dtype.itemsize
         #: each item's bytes, where one-frame chunks decode to
         self.flat = batch.reshape(len(batch), -1).view(np.uint8) if self.into else None
@@ -357,26 +369,25 @@ class _Decode:
         if self.keep:
             self.budget.cache.put((self.layout.name, self.tasks[i].coords), np.asarray(chunk))
 
-    def unit(self, unit: Unit, raw: bytes | None, counts: Counter) -> dict[int, BaseException | None]:
-        """Decode every chunk of a fetched unit, counting into ``counts``; return the tasks
-        that did not decode."""
+    def unit(self, unit: Unit, raw: Any, counts: dict[str, int]) -> dict[int, BaseException | None]:
+        """Decode every chunk of a fetched unit, adding to ``counts`` (see :data:`_COUNTS`);
+        return the tasks that did not decode."""
         if raw is None:
             return self.absent(unit)
         out: dict[int, BaseException | None] = {}
         into = 0
+        view = memoryview(raw)
         for i, offset, length in unit.parts:
             try:
-                into += self.part(i, memoryview(raw)[offset : None if length < 0 else offset + length])
+                into += self.part(i, view[offset : None if length < 0 else offset + length])
             except Exception as exc:
                 out[i] = exc
         decoded = len(unit.parts) - len(out)
-        counts.update(
-            chunks_fetched=len(unit.parts),
-            bytes_fetched=len(raw),
-            chunks_decoded_direct=decoded,
-            chunks_decoded_into_batch=into,
-            bytes_decoded=decoded * self.chunk_bytes,
-        )
+        counts["chunks_fetched"] += len(unit.parts)
+        counts["bytes_fetched"] += len(view)
+        counts["chunks_decoded_direct"] += decoded
+        counts["chunks_decoded_into_batch"] += into
+        counts["bytes_decoded"] += decoded * self.chunk_bytes
         return out
 
     def absent(self, unit: Unit) -> dict[int, BaseException | None]:
@@ -406,7 +417,7 @@ class _Decode:
                 raw = await read(unit)
             except Exception as exc:
                 return dict.fromkeys((i for i, _, _ in unit.parts), exc)
-            counts: Counter = Counter()
+            counts = dict.fromkeys(_COUNTS, 0)
             settled = await loop.run_in_executor(self.budget.pool, self.unit, unit, raw, counts)
             state.stats.add(**counts)
             return settled

@@ -172,16 +172,17 @@ async def _decode_index(layout: Layout, raw: bytes, key: str) -> np.ndarray:
     return np.asarray(decoded.offsets_and_lengths).reshape(-1, 2)
 
 
-def read_local(layout: Layout, unit: Unit) -> bytes | None:
+def read_local(layout: Layout, unit: Unit, reuse: bool = False) -> bytes | memoryview | None:
     """The bytes of ``unit`` read in place (a folder's file, a zip's member); None when its
-    object is absent."""
+    object is absent. With ``reuse``, a view of this thread's read buffer (see
+    :mod:`.files`), valid until its next read."""
     assert layout.files is not None
     if unit.start is None:
         try:
-            return layout.files.whole(unit.key, layout.read_bound)
+            return layout.files.whole(unit.key, layout.read_bound, reuse)
         except IsAFolder as exc:
             raise ShardError(str(exc)) from None
-    data = layout.files.span(unit.key, unit.start, unit.stop)
+    data = layout.files.span(unit.key, unit.start, unit.stop, reuse)
     if data is None:
         raise ShardError(f"shard {unit.key!r} disappeared after its index was read")
     return _checked(unit, data)
@@ -198,7 +199,7 @@ async def read_remote(layout: Layout, unit: Unit) -> bytes | None:
     return _checked(unit, buf.to_bytes())
 
 
-def _checked(unit: Unit, data: bytes) -> bytes:
+def _checked(unit: Unit, data: bytes | memoryview) -> bytes | memoryview:
     if unit.start is not None and len(data) != unit.stop - unit.start:
         raise ShardError(
             f"shard {unit.key!r} is truncated: bytes {unit.start}-{unit.stop} hold only {len(data)}"

@@ -4,7 +4,8 @@ A folder store's keys are files under its root; a zipped store's (UMI's ``*.zarr
 are members of one zip file. Members stored uncompressed (``ZIP_STORED``, as zarr's
 ``ZipStore`` and UMI write them) lie in the zip as they are, so they are read with one
 positioned read of the zip file, which each process opens once. Both read on the decode
-threads, without the store's event loop.
+threads, without the store's event loop; a thread that decodes what it read at once can
+read into its own reusable buffer (``reuse=True``) instead of a new bytes object each time.
 
     files = local_files(store)            # FolderFiles, ZipMembers, or None
     files.whole("data/camera0_rgb/c/3/0/0/0", bound=2**20)
@@ -16,6 +17,7 @@ import functools
 import os
 import stat
 import struct
+import threading
 import zipfile
 from typing import Any
 
@@ -31,37 +33,58 @@ class IsAFolder(OSError):
     """A key that names a folder where a file should be."""
 
 
+_local = threading.local()
+
+
+def _buffer(size: int) -> memoryview:
+    """This thread's read buffer, at least ``size`` bytes: what a ``reuse=True`` read
+    returns a view of, valid until the thread's next such read."""
+    buf = getattr(_local, "buffer", None)
+    if buf is None or len(buf) < size:
+        buf = _local.buffer = memoryview(bytearray(size))
+    return buf[:size]
+
+
+def _pread(fd: int, size: int, offset: int, reuse: bool) -> bytes | memoryview:
+    if not reuse:
+        return os.pread(fd, size, offset)
+    buf = _buffer(size)
+    return buf[: os.preadv(fd, [buf], offset)]
+
+
 class FolderFiles:
     """The keys of a folder store: files under ``root`` (which ends in "/")."""
 
     def __init__(self, root: str) -> None:
         self.root = root
 
-    def whole(self, key: str, bound: int) -> bytes | None:
+    def whole(self, key: str, bound: int, reuse: bool = False) -> bytes | memoryview | None:
         """The file's bytes (``bound`` more than it is likely to hold); None when absent."""
         try:
             fd = os.open(self.root + key, os.O_RDONLY)
         except FileNotFoundError:
             return None
         try:
-            data = os.read(fd, bound)  # a bound on the size saves asking the file system for it
+            # a bound on the size saves asking the file system for it
+            data = _pread(fd, bound, 0, reuse)
             if len(data) < bound:
                 return data
-            parts = [data]
-            while block := os.read(fd, 2**22):
+            parts = [bytes(data)]
+            while block := os.pread(fd, 2**22, bound):
                 parts.append(block)
+                bound += len(block)
             return b"".join(parts)
         finally:
             os.close(fd)
 
-    def span(self, key: str, start: int, stop: int) -> bytes | None:
+    def span(self, key: str, start: int, stop: int, reuse: bool = False) -> bytes | memoryview | None:
         """Bytes ``start`` to ``stop`` of the file (fewer if it is shorter); None when absent."""
         try:
             fd = os.open(self.root + key, os.O_RDONLY)
         except FileNotFoundError:
             return None
         try:
-            return os.pread(fd, stop - start, start)
+            return _pread(fd, stop - start, start, reuse)
         finally:
             os.close(fd)
 
@@ -100,18 +123,18 @@ class ZipMembers:
         name_length, extra_length = fields[-2:]
         return header_offset + _LOCAL_HEADER.size + name_length + extra_length
 
-    def whole(self, key: str, bound: int) -> bytes | None:
+    def whole(self, key: str, bound: int, reuse: bool = False) -> bytes | memoryview | None:
         if key not in self.members:
             if key in self.folders:
                 raise IsAFolder(f"{key!r} is a directory in {self.path}, not a file")
             return None
-        return os.pread(self.fd, self.members[key][1], self._data_at(key))
+        return _pread(self.fd, self.members[key][1], self._data_at(key), reuse)
 
-    def span(self, key: str, start: int, stop: int) -> bytes | None:
+    def span(self, key: str, start: int, stop: int, reuse: bool = False) -> bytes | memoryview | None:
         if key not in self.members:
             return None
         size = self.members[key][1]
-        return os.pread(self.fd, max(0, min(stop, size) - start), self._data_at(key) + start)
+        return _pread(self.fd, max(0, min(stop, size) - start), self._data_at(key) + start, reuse)
 
     def size(self, key: str) -> int | None:
         if key in self.folders:
