@@ -93,8 +93,27 @@ class Layout:
 
     def store_key(self, coords: tuple[int, ...]) -> str:
         """The store key of the chunk (or, when sharded, the shard) at grid ``coords``."""
+        if self._key_join is not None:
+            prefix, separator = self._key_join
+            return prefix + separator.join(map(str, coords))
         name = self.meta.encode_chunk_key(coords)
         return f"{self.path}/{name}" if self.path else name
+
+    @functools.cached_property
+    def _key_join(self) -> tuple[str, str] | None:
+        """(prefix, separator) when this array's chunk keys are its path, a prefix, and the
+        grid coordinates joined (zarr's "default" and "v2" encodings): keys made without
+        asking zarr's encoder, checked against it once. None otherwise."""
+        encoding = getattr(self.meta, "chunk_key_encoding", None)
+        separator = getattr(encoding, "separator", None) or getattr(self.meta, "dimension_separator", None)
+        name = getattr(encoding, "name", "v2")
+        if self.meta.ndim == 0 or separator not in ("/", "."):
+            return None
+        prefix = (f"{self.path}/" if self.path else "") + (f"c{separator}" if name == "default" else "")
+        probe = tuple(range(1, self.meta.ndim + 1))
+        made = prefix + separator.join(map(str, probe))
+        encoded = self.meta.encode_chunk_key(probe)
+        return (prefix, separator) if made == (f"{self.path}/{encoded}" if self.path else encoded) else None
 
     def cached(self, span: int) -> bool:
         """Whether decoded chunks are worth keeping: a chunk serves several items

@@ -14,15 +14,14 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from zarr_torch.read.layout import Layout
 
 
-@dataclass(frozen=True)
-class Task:
+class Task(NamedTuple):
     """One chunk to fetch and decode, and the pieces of the batch it fills.
 
     Piece ``k`` copies chunk rows ``src[k] : src[k] + rows[k]`` (then ``src_region`` of the
@@ -67,10 +66,12 @@ def plan(layout: Layout, positions: np.ndarray, starts: np.ndarray, span: int) -
     edges = [0, *(np.flatnonzero(lead[1:] != lead[:-1]) + 1).tolist(), len(lead)]
     tiles, grid = tiles_of(layout), layout.grid[: layout.item_axes]
     tasks = []
-    for a, b in itertools.pairwise(edges):
-        c = (int(lead[a]),) if len(grid) == 1 else tuple(map(int, np.unravel_index(int(lead[a]), grid)))
+    leads = lead[edges[:-1]].tolist()
+    rows_of = [leads] if len(grid) == 1 else [x.tolist() for x in np.unravel_index(leads, grid)]
+    for c, a, b in zip(zip(*rows_of, strict=True), edges[:-1], edges[1:], strict=True):
+        pieces = pos[a:b], src[a:b], dst[a:b], rows[a:b]
         for coords, region, src_region in tiles:
-            tasks.append(Task((*c, *coords), pos[a:b], src[a:b], dst[a:b], rows[a:b], region, src_region))
+            tasks.append(Task((*c, *coords), *pieces, region, src_region))
     return tasks
 
 
