@@ -363,11 +363,14 @@ class _Decode:
         return False
 
     def place(self, i: int, chunk: np.ndarray) -> None:
-        """Copy a decoded chunk of task ``i`` into the batch; keep it if worth it."""
+        """Copy a decoded chunk of task ``i`` into the batch; keep it if worth it: not when
+        this batch took every item it holds (as a sampler that visits each item once an
+        epoch, like ``ChunkAwareSampler``, does), as no later batch of the epoch needs it."""
+        task = self.tasks[i]
         chunk = self.layout.as_rows(chunk)
-        scatter(self.batch, self.tasks[i], chunk, self.span)
-        if self.keep:
-            self.budget.cache.put((self.layout.name, self.tasks[i].coords), np.asarray(chunk))
+        scatter(self.batch, task, chunk, self.span)
+        if self.keep and not (self.span == 1 and len(np.unique(task.src)) == len(chunk)):
+            self.budget.cache.put((self.layout.name, task.coords), np.asarray(chunk))
 
     def unit(self, unit: Unit, raw: Any, counts: dict[str, int]) -> dict[int, BaseException | None]:
         """Decode every chunk of a fetched unit, adding to ``counts`` (see :data:`_COUNTS`);
