@@ -23,7 +23,7 @@ def scatter(batch: np.ndarray, task: Task, chunk: np.ndarray, span: int) -> None
         return
     if span == 1:
         for p, s in zip(task.positions.tolist(), task.src.tolist(), strict=True):
-            batch[p, 0][task.region] = chunk[s][task.src_region]
+            batch[(p, 0, *task.region)] = chunk[(s, *task.src_region)]
         return
     for p, s, d, n in zip(task.positions, task.src, task.dst, task.rows, strict=True):
         batch[(p, slice(d, d + n), *task.region)] = chunk[(slice(s, s + n), *task.src_region)]
