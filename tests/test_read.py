@@ -371,6 +371,34 @@ def test_the_thread_budget_holds_when_threads_read_the_dataset(tmp_path, threads
     assert CountingCodec.peak == threads, f"{CountingCodec.peak} decodes overlapped; the budget is {threads}"
 
 
+@pytest.mark.parametrize("checksum", [False, True])
+def test_a_chunk_nobody_keeps_decodes_only_the_rows_the_batch_needs(tmp_path, checksum):
+    """With the cache off, a zstd chunk stops decoding after the last row a batch needs;
+    one with a content checksum decodes whole, so a changed byte is still an error."""
+    values = (np.arange(32 * 6 * 5) % 241).reshape(32, 6, 5).astype("uint8")
+    arr = zarr.create_array(
+        str(tmp_path / "a.zarr"),
+        shape=values.shape,
+        chunks=(16, 6, 5),
+        dtype="uint8",
+        compressors=zarr.codecs.ZstdCodec(level=1, checksum=checksum),
+    )
+    arr[...] = values
+    ds = ZarrFrameDataset(str(tmp_path / "a.zarr"), cache_bytes=0)
+    before = ds.stats()
+    np.testing.assert_array_equal(torch.stack(ds.__getitems__([20, 2, 0])).numpy(), values[[20, 2, 0]])
+    rows = 32 if checksum else 3 + 5  # chunk 0 up to row 2, chunk 1 up to row 4
+    assert delta(ds, before, "bytes_decoded") == rows * 6 * 5
+    assert delta(ds, before, "chunks_decoded_direct") == 2
+    if checksum:
+        chunk = tmp_path / "a.zarr" / "c" / "0" / "0" / "0"
+        raw = bytearray(chunk.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        chunk.write_bytes(bytes(raw))
+        with pytest.raises(ReadError, match=r"sample 2: array '' in store .*a\.zarr.*index 2: .*checksum"):
+            ds.__getitems__([2])
+
+
 @pytest.mark.parametrize("fmt", [2, 3])
 @pytest.mark.parametrize("codec", ["blosc", "zstd", "gzip"])
 def test_a_chunk_cut_short_by_one_byte_is_an_error_never_wrong_pixels(tmp_path, fmt, codec):

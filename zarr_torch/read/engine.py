@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ from zarr.errors import NodeNotFoundError
 from zarr_torch.cache import ChunkCache
 from zarr_torch.process import process_state
 from zarr_torch.read.assemble import fill, scatter
-from zarr_torch.read.decode import decode_with_zarr
+from zarr_torch.read.decode import decode_with_zarr, scratch
 from zarr_torch.read.fetch import ABSENT, Unit, absent, plan_fetch, read_local, read_remote
 from zarr_torch.read.layout import Layout, layout_of
 from zarr_torch.read.plan import Task, one_frame_chunks, plan
@@ -223,7 +224,7 @@ class _ArrayRead:
             return
         state, layout = process_state(), self.layout
         self.tasks = plan(layout, self.positions, self.starts, self.span)
-        keep = layout.cached(self.span)
+        keep = layout.cached(self.span) and self.budget.cache.budget > 0
         todo = []
         for i, task in enumerate(self.tasks):
             hit = self.budget.cache.get((layout.name, task.coords)) if keep else None
@@ -345,31 +346,48 @@ class _Decode:
         #: whether a read may land in a buffer reused for the next: nothing decoded keeps it
         self.reuse = self.into or (layout.decoder is not None and layout.decoder.fresh)
         self.chunk_bytes = int(np.prod(layout.chunk)) * layout.dtype.itemsize
+        #: items a chunk holds (its rows, see ``Layout.as_rows``)
+        self.rows = math.prod(layout.chunk[: layout.item_axes])
         #: each item's bytes, where one-frame chunks decode to
         self.flat = batch.reshape(len(batch), -1).view(np.uint8) if self.into else None
 
-    def part(self, i: int, data: Any) -> bool:
-        """Decode chunk ``data`` of task ``i`` into the batch (and the cache); True when it
-        went straight into the batch."""
+    def part(self, i: int, data: Any) -> int:
+        """Decode chunk ``data`` of task ``i`` into the batch (and the cache, if worth it);
+        return the bytes decoded.
+
+        A one-frame chunk decodes straight into the batch. A chunk not kept decodes into
+        this thread's scratch buffer, only as far as the rows the batch needs when its
+        codec can stop early; a kept one into memory of its own.
+        """
         layout, task = self.layout, self.tasks[i]
-        assert layout.decoder is not None
+        decoder = layout.decoder
+        assert decoder is not None
         if self.into:  # straight into the first item that shows it, then copied to any other
             first = task.positions[0]
-            layout.decoder.decode(data, out=self.flat[first])
+            decoder.decode(data, out=self.flat[first])
             for p in task.positions[1:]:
                 self.batch[p] = self.batch[first]
-            return True
-        self.place(i, layout.decoder.decode(data))
-        return False
+            return self.chunk_bytes
+        if not self.kept(task) and decoder.into and layout.item_axes == 1:
+            rows = int((task.src + task.rows).max())
+            chunk = decoder.decode_rows(data, scratch(self.chunk_bytes), rows)
+            scatter(self.batch, task, chunk, self.span)
+            return chunk.nbytes
+        self.place(i, decoder.decode(data))
+        return self.chunk_bytes
+
+    def kept(self, task: Task) -> bool:
+        """Whether to keep ``task``'s chunk: not when this batch took every item it holds
+        (as a sampler that visits each item once an epoch, like ``ChunkAwareSampler``,
+        does), as no later batch of the epoch needs it."""
+        return self.keep and not (self.span == 1 and len(np.unique(task.src)) == self.rows)
 
     def place(self, i: int, chunk: np.ndarray) -> None:
-        """Copy a decoded chunk of task ``i`` into the batch; keep it if worth it: not when
-        this batch took every item it holds (as a sampler that visits each item once an
-        epoch, like ``ChunkAwareSampler``, does), as no later batch of the epoch needs it."""
+        """Copy a decoded chunk of task ``i`` into the batch; keep it if worth it."""
         task = self.tasks[i]
         chunk = self.layout.as_rows(chunk)
         scatter(self.batch, task, chunk, self.span)
-        if self.keep and not (self.span == 1 and len(np.unique(task.src)) == len(chunk)):
+        if self.kept(task):
             self.budget.cache.put((self.layout.name, task.coords), np.asarray(chunk))
 
     def unit(self, unit: Unit, raw: Any, counts: dict[str, int]) -> dict[int, BaseException | None]:
@@ -378,19 +396,19 @@ class _Decode:
         if raw is None:
             return self.absent(unit)
         out: dict[int, BaseException | None] = {}
-        into = 0
+        decoded_bytes = 0
         view = memoryview(raw)
         for i, offset, length in unit.parts:
             try:
-                into += self.part(i, view[offset : None if length < 0 else offset + length])
+                decoded_bytes += self.part(i, view[offset : None if length < 0 else offset + length])
             except Exception as exc:
                 out[i] = exc
         decoded = len(unit.parts) - len(out)
         counts["chunks_fetched"] += len(unit.parts)
         counts["bytes_fetched"] += len(view)
         counts["chunks_decoded_direct"] += decoded
-        counts["chunks_decoded_into_batch"] += into
-        counts["bytes_decoded"] += decoded * self.chunk_bytes
+        counts["chunks_decoded_into_batch"] += decoded if self.into else 0
+        counts["bytes_decoded"] += decoded_bytes
         return out
 
     def absent(self, unit: Unit) -> dict[int, BaseException | None]:
