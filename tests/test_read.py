@@ -91,8 +91,12 @@ def test_a_chunk_whose_every_item_a_batch_took_is_not_kept(tmp_path):
     got = [ds.__getitems__(order[k : k + 32]) for k in range(0, len(order), 32)]
     np.testing.assert_array_equal(torch.stack([f for b in got for f in b]).numpy(), reference(2, 64)[order])
     assert delta(ds, before, "chunks_fetched") == 8 and delta(ds, before, "cache_bytes") == 0
+    assert delta(ds, before, "chunks_decoded_into_batch") == 8, "rows straight into their items"
     ds.__getitems__([0, 1])  # a chunk only partly taken is kept for its other items
     assert delta(ds, before, "cache_bytes") == 16 * SIZE * SIZE * 3
+    off = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, cache_bytes=0)
+    picks = [35, 3, 35, 0, 17]  # a frame twice; chunk 2 up to row 3, chunk 0 to row 3
+    np.testing.assert_array_equal(torch.stack(off.__getitems__(picks)).numpy(), reference(2, 64)[picks])
 
 
 def test_a_shard_index_is_read_once_and_adjacent_chunks_in_one_range(tmp_path):

@@ -55,7 +55,7 @@ class _Zstd:
     """zstd frames, by python-zstandard: it releases the GIL and streams a frame straight
     into ``out`` (a new 2.4 MB result costs more in page faults than its decoding);
     checksums are verified, and a frame holding more or fewer bytes than ``out`` fails.
-    :meth:`decode_prefix` stops once the leading bytes a batch needs are out."""
+    :meth:`decode_rows` sends each row where it goes and stops after the last one needed."""
 
     _local = threading.local()
 
@@ -76,17 +76,21 @@ class _Zstd:
                 raise ValueError(f"a zstd frame holds {more} bytes than the {len(view)} its chunk needs")
         return out
 
-    def decode_prefix(self, buf: Any, out: np.ndarray) -> bool:
-        """Decode only the first ``len(out)`` bytes of the frame into ``out``; False (and
-        nothing decoded) for a frame with a content checksum, which needs it whole."""
-        if zstandard.get_frame_parameters(buf).has_checksum:
-            return False
-        view = memoryview(out).cast("B")
+    def decode_rows(self, buf: Any, dests: Sequence[Any], row_bytes: int, rows: int) -> int:
+        """Stream the frame's leading rows of ``row_bytes`` each into ``dests`` (row ``r``
+        into ``dests[r]``; None: not needed) and stop after the last; a frame with a
+        content checksum is read to its end (to verify it), as is one of ``rows`` rows
+        (to find any extra bytes). Returns the bytes decoded."""
+        upto = rows if zstandard.get_frame_parameters(buf).has_checksum else len(dests)
         with self._context().stream_reader(buf) as reader:
-            got = _fill(reader, view)
-        if got < len(view):
-            raise ValueError(f"a zstd frame holds {got} bytes, fewer than the {len(view)} a batch needs")
-        return True
+            for r in range(upto):
+                dest = dests[r] if r < len(dests) else None
+                view = memoryview(dest).cast("B") if dest is not None else scratch(row_bytes, "sink")
+                if _fill(reader, view) < row_bytes:
+                    raise ValueError(f"a zstd frame holds fewer than the {rows} rows its chunk needs")
+            if upto == rows and reader.read(1):
+                raise ValueError(f"a zstd frame holds more bytes than its chunk's {rows * row_bytes}")
+        return upto * row_bytes
 
 
 def _fill(reader: Any, view: memoryview) -> int:
@@ -201,32 +205,38 @@ class DirectDecoder:
         )
         return data.reshape(self.shape, order=self.order)  # type: ignore[call-overload]
 
-    def decode_rows(self, raw: Any, out: np.ndarray, rows: int) -> np.ndarray:
-        """The chunk's first ``rows`` rows (leading axis) decoded into ``out`` (flat bytes,
-        at least a chunk's; needs :attr:`into`), as an array over it: decoding stops there
-        when the chain allows (a zstd frame without a checksum), else the whole chunk."""
+    def decode_rows(self, raw: Any, dests: Sequence[Any]) -> int:
+        """Decode the chunk's leading rows (first axis) into ``dests``: row ``r``'s bytes
+        into ``dests[r]`` (flat uint8; None: not needed); returns the bytes decoded. A
+        zstd chain (needs :attr:`into`) streams each row to its place and stops after the
+        last one needed; any other chain decodes the chunk, then copies the rows."""
+        assert self.into, "rows go out as they are stored: native byte order, C order"
+        rows = self.shape[0]
         row_bytes = math.prod(self.shape[1:]) * self.stored.itemsize
         last = self.steps[-1] if self.steps else None
-        if rows < self.shape[0] and isinstance(last, _Zstd):
+        if isinstance(last, _Zstd):
             buf = raw
             for step in self.steps[:-1]:
                 buf = step.decode(buf)
-            head = out[: rows * row_bytes]
-            if last.decode_prefix(buf, head):
-                return head.view(self.stored).reshape(rows, *self.shape[1:])
-        whole = self.decode(raw, out=out[: self.shape[0] * row_bytes])
-        return whole.view(self.stored).reshape(self.shape)
+            return last.decode_rows(buf, dests, row_bytes, rows)
+        chunk = self.decode(raw)
+        flat = chunk.reshape(rows, -1).view(np.uint8)
+        for dest, row in zip(dests, flat, strict=False):
+            if dest is not None:
+                dest[:] = row
+        return chunk.nbytes
 
 
 _scratch = threading.local()
 
 
-def scratch(nbytes: int) -> np.ndarray:
-    """This thread's reusable flat buffer of ``nbytes``: where a chunk decodes that is only
-    copied into a batch, never kept (a new buffer each time costs page faults)."""
-    buf = getattr(_scratch, "buf", None)
+def scratch(nbytes: int, slot: str = "rows") -> np.ndarray:
+    """This thread's reusable flat buffer ``slot`` of ``nbytes``: where decoded rows go that
+    are only copied into a batch, never kept (a new buffer each time costs page faults)."""
+    buf = getattr(_scratch, slot, None)
     if buf is None or len(buf) < nbytes:
-        buf = _scratch.buf = np.empty(nbytes, dtype=np.uint8)
+        buf = np.empty(nbytes, dtype=np.uint8)
+        setattr(_scratch, slot, buf)
     return buf[:nbytes]
 
 

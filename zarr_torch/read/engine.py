@@ -348,33 +348,55 @@ class _Decode:
         self.chunk_bytes = int(np.prod(layout.chunk)) * layout.dtype.itemsize
         #: items a chunk holds (its rows, see ``Layout.as_rows``)
         self.rows = math.prod(layout.chunk[: layout.item_axes])
-        #: each item's bytes, where one-frame chunks decode to
-        self.flat = batch.reshape(len(batch), -1).view(np.uint8) if self.into else None
+        #: each item's bytes, where chunks of whole frames (one or many) decode to
+        whole = span == 1 and layout.chunk[layout.item_axes :] == layout.item_shape
+        self.items = batch.reshape(len(batch), -1).view(np.uint8) if whole else None
 
-    def part(self, i: int, data: Any) -> int:
+    def part(self, i: int, data: Any) -> tuple[int, bool]:
         """Decode chunk ``data`` of task ``i`` into the batch (and the cache, if worth it);
-        return the bytes decoded.
+        return the bytes decoded and whether they went straight into the batch.
 
-        A one-frame chunk decodes straight into the batch. A chunk not kept decodes into
-        this thread's scratch buffer, only as far as the rows the batch needs when its
-        codec can stop early; a kept one into memory of its own.
+        A one-frame chunk decodes straight into the batch; so does a chunk of whole frames
+        that is not kept, row by row into the items that show them. Another chunk not kept
+        (tiles) decodes into this thread's scratch buffer. Either stops after the last row
+        the batch needs when the codec can (zstd). A kept chunk decodes into memory of
+        its own.
         """
         layout, task = self.layout, self.tasks[i]
         decoder = layout.decoder
         assert decoder is not None
         if self.into:  # straight into the first item that shows it, then copied to any other
             first = task.positions[0]
-            decoder.decode(data, out=self.flat[first])
+            decoder.decode(data, out=self.items[first])
             for p in task.positions[1:]:
                 self.batch[p] = self.batch[first]
-            return self.chunk_bytes
+            return self.chunk_bytes, True
         if not self.kept(task) and decoder.into and layout.item_axes == 1:
             rows = int((task.src + task.rows).max())
-            chunk = decoder.decode_rows(data, scratch(self.chunk_bytes), rows)
-            scatter(self.batch, task, chunk, self.span)
-            return chunk.nbytes
+            if self.items is not None:
+                return self._rows_into_items(task, rows, data), True
+            row_shape = layout.chunk[1:]
+            buf = scratch(rows * math.prod(row_shape) * layout.dtype.itemsize)
+            decoded = decoder.decode_rows(data, list(buf.reshape(rows, -1)))
+            scatter(self.batch, task, buf.view(layout.dtype).reshape(rows, *row_shape), self.span)
+            return decoded, False
         self.place(i, decoder.decode(data))
-        return self.chunk_bytes
+        return self.chunk_bytes, False
+
+    def _rows_into_items(self, task: Task, rows: int, data: Any) -> int:
+        """Decode a chunk of whole frames row by row into the batch items that show them."""
+        assert self.items is not None and self.layout.decoder is not None
+        dests: list[Any] = [None] * rows
+        repeats = []
+        for p, r in zip(task.positions.tolist(), task.src.tolist(), strict=True):
+            if dests[r] is None:
+                dests[r] = self.items[p]
+            else:
+                repeats.append((p, dests[r]))
+        decoded = self.layout.decoder.decode_rows(data, dests)
+        for p, first in repeats:
+            self.items[p] = first
+        return decoded
 
     def kept(self, task: Task) -> bool:
         """Whether to keep ``task``'s chunk: not when this batch took every item it holds
@@ -396,18 +418,21 @@ class _Decode:
         if raw is None:
             return self.absent(unit)
         out: dict[int, BaseException | None] = {}
-        decoded_bytes = 0
+        decoded_bytes = into = 0
         view = memoryview(raw)
         for i, offset, length in unit.parts:
             try:
-                decoded_bytes += self.part(i, view[offset : None if length < 0 else offset + length])
+                nbytes, direct = self.part(i, view[offset : None if length < 0 else offset + length])
             except Exception as exc:
                 out[i] = exc
+                continue
+            decoded_bytes += nbytes
+            into += direct
         decoded = len(unit.parts) - len(out)
         counts["chunks_fetched"] += len(unit.parts)
         counts["bytes_fetched"] += len(view)
         counts["chunks_decoded_direct"] += decoded
-        counts["chunks_decoded_into_batch"] += decoded if self.into else 0
+        counts["chunks_decoded_into_batch"] += into
         counts["bytes_decoded"] += decoded_bytes
         return out
 
