@@ -351,16 +351,19 @@ class _Decode:
         #: each item's bytes, where chunks of whole frames (one or many) decode to
         whole = span == 1 and layout.chunk[layout.item_axes :] == layout.item_shape
         self.items = batch.reshape(len(batch), -1).view(np.uint8) if whole else None
+        #: whether chunks of several rows may decode row by row (see :meth:`part`)
+        direct = layout.decoder is not None and layout.decoder.into
+        self.by_rows = direct and self.rows > 1 and layout.item_axes == 1
 
     def part(self, i: int, data: Any) -> tuple[int, bool]:
         """Decode chunk ``data`` of task ``i`` into the batch (and the cache, if worth it);
         return the bytes decoded and whether they went straight into the batch.
 
         A one-frame chunk decodes straight into the batch; so does a chunk of whole frames
-        that is not kept, row by row into the items that show them. Another chunk not kept
-        (tiles) decodes into this thread's scratch buffer. Either stops after the last row
-        the batch needs when the codec can (zstd). A kept chunk decodes into memory of
-        its own.
+        that is not kept, row by row into the items that show them. A chunk of tiles not
+        kept and needed only in part decodes into this thread's scratch buffer. Either
+        stops after the last row the batch needs when the codec can (zstd). Any other
+        chunk decodes whole, into memory of its own (kept if worth it).
         """
         layout, task = self.layout, self.tasks[i]
         decoder = layout.decoder
@@ -371,15 +374,16 @@ class _Decode:
             for p in task.positions[1:]:
                 self.batch[p] = self.batch[first]
             return self.chunk_bytes, True
-        if not self.kept(task) and decoder.into and layout.item_axes == 1:
+        if self.by_rows and not self.kept(task):
             rows = int((task.src + task.rows).max())
             if self.items is not None:
                 return self._rows_into_items(task, rows, data), True
-            row_shape = layout.chunk[1:]
-            buf = scratch(rows * math.prod(row_shape) * layout.dtype.itemsize)
-            decoded = decoder.decode_rows(data, list(buf.reshape(rows, -1)))
-            scatter(self.batch, task, buf.view(layout.dtype).reshape(rows, *row_shape), self.span)
-            return decoded, False
+            if rows < self.rows:  # tiles up to the last row needed, via scratch
+                row_shape = layout.chunk[1:]
+                buf = scratch(rows * math.prod(row_shape) * layout.dtype.itemsize)
+                decoded = decoder.decode_rows(data, list(buf.reshape(rows, -1)))
+                scatter(self.batch, task, buf.view(layout.dtype).reshape(rows, *row_shape), self.span)
+                return decoded, False
         self.place(i, decoder.decode(data))
         return self.chunk_bytes, False
 
