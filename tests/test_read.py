@@ -3,9 +3,12 @@ once, decoded straight into the batch where a chunk is a frame, and broken shard
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import numcodecs
 import numpy as np
@@ -32,6 +35,13 @@ ARRAY = "data/camera0_rgb"
 
 def delta(ds: ZarrFrameDataset, before: dict, key: str) -> float:
     return ds.stats()[key] - before[key]
+
+
+def written(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], **kwargs: Any) -> np.ndarray:
+    """The uint8 values written to a new array at ``path`` (``kwargs`` go to zarr)."""
+    values = (np.arange(math.prod(shape)) % 241).reshape(shape).astype("uint8")
+    zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="uint8", **kwargs)[...] = values
+    return values
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
@@ -186,16 +196,7 @@ def test_cached_chunks_stay_exact_while_later_reads_reuse_the_read_buffer(tmp_pa
     if keys["zarr_format"] == 2:  # the same chains as v2 compressors (a checksum as Fletcher32)
         v2 = {"zstd": numcodecs.Zstd(), "crc32c": numcodecs.Fletcher32(), "gzip": numcodecs.GZip()}
         compressors = v2.get(type(compressors).__name__.removesuffix("Codec").lower())
-    values = (np.arange(32 * 4 * 4) % 251).reshape(32, 4, 4).astype("uint8")
-    arr = zarr.create_array(
-        str(tmp_path / "a.zarr"),
-        shape=values.shape,
-        chunks=(8, 4, 4),
-        dtype="uint8",
-        compressors=compressors,
-        **keys,
-    )
-    arr[...] = values
+    values = written(tmp_path / "a.zarr", (32, 4, 4), (8, 4, 4), compressors=compressors, **keys)
     ds = ZarrFrameDataset(str(tmp_path / "a.zarr"), threads=1)
     start = ds.stats()
     first = [1, 6, 3]
@@ -379,15 +380,8 @@ def test_the_thread_budget_holds_when_threads_read_the_dataset(tmp_path, threads
 def test_a_chunk_nobody_keeps_decodes_only_the_rows_the_batch_needs(tmp_path, checksum):
     """With the cache off, a zstd chunk stops decoding after the last row a batch needs;
     one with a content checksum decodes whole, so a changed byte is still an error."""
-    values = (np.arange(32 * 6 * 5) % 241).reshape(32, 6, 5).astype("uint8")
-    arr = zarr.create_array(
-        str(tmp_path / "a.zarr"),
-        shape=values.shape,
-        chunks=(16, 6, 5),
-        dtype="uint8",
-        compressors=zarr.codecs.ZstdCodec(level=1, checksum=checksum),
-    )
-    arr[...] = values
+    zstd = zarr.codecs.ZstdCodec(level=1, checksum=checksum)
+    values = written(tmp_path / "a.zarr", (32, 6, 5), (16, 6, 5), compressors=zstd)
     ds = ZarrFrameDataset(str(tmp_path / "a.zarr"), cache_bytes=0)
     before = ds.stats()
     np.testing.assert_array_equal(torch.stack(ds.__getitems__([20, 2, 0])).numpy(), values[[20, 2, 0]])

@@ -53,8 +53,9 @@ class _Crc32c:
 
 class _Zstd:
     """zstd frames, by python-zstandard: it releases the GIL and streams a frame straight
-    into ``out`` (a new 2.4 MB result costs more in page faults than its decoding);
-    checksums are verified, and a frame holding more or fewer bytes than ``out`` fails.
+    into ``out`` (no result of its own to allocate, fault in and copy: 0.43 against 0.57 ms
+    or more for a 2.4 MB chunk); checksums are verified, and a frame holding more or
+    fewer bytes than ``out`` fails.
     :meth:`decode_rows` sends each row where it goes and stops after the last one needed."""
 
     _local = threading.local()
