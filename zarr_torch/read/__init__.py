@@ -6,6 +6,7 @@
   shard index; local files by plain reads, other stores through the retrying wrapper.
 - :mod:`.decode`: zarr_torch's own decoders, zarr's pipeline for the rest.
 - :mod:`.assemble`: copying decoded rows into one preallocated batch array.
+- :mod:`.buffers`: the buffers each decode thread reuses for what it reads and decodes.
 - :mod:`.engine`: :func:`read_items`, which runs the four steps for a batch, serving
   decoded chunks from the per-process cache (:mod:`zarr_torch.cache`) when it can.
 

@@ -30,6 +30,8 @@ from zarr.core.array_spec import ArrayConfig, ArraySpec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.registry import get_pipeline_class
 
+from zarr_torch.read.buffers import scratch
+
 #: numpy dtype kinds zarr_torch leaves to zarr: objects, strings, datetimes.
 UNDECODED_KINDS = "OUSVMm"
 
@@ -226,19 +228,6 @@ class DirectDecoder:
             if dest is not None:
                 dest[:] = row
         return chunk.nbytes
-
-
-_scratch = threading.local()
-
-
-def scratch(nbytes: int, slot: str = "rows") -> np.ndarray:
-    """This thread's reusable flat buffer ``slot`` of ``nbytes``: where decoded rows go that
-    are only copied into a batch, never kept (a new buffer each time costs page faults)."""
-    buf = getattr(_scratch, slot, None)
-    if buf is None or len(buf) < nbytes:
-        buf = np.empty(nbytes, dtype=np.uint8)
-        setattr(_scratch, slot, buf)
-    return buf[:nbytes]
 
 
 #: decoders whose output is always new memory, never a view of their input.

@@ -29,7 +29,8 @@ from zarr.errors import NodeNotFoundError
 from zarr_torch.cache import ChunkCache
 from zarr_torch.process import process_state
 from zarr_torch.read.assemble import fill, scatter
-from zarr_torch.read.decode import decode_with_zarr, scratch
+from zarr_torch.read.buffers import scratch
+from zarr_torch.read.decode import decode_with_zarr
 from zarr_torch.read.fetch import ABSENT, Unit, absent, plan_fetch, read_local, read_remote
 from zarr_torch.read.layout import Layout, layout_of
 from zarr_torch.read.plan import Task, one_frame_chunks, plan
@@ -380,7 +381,7 @@ class _Decode:
                 return self._rows_into_items(task, rows, data), True
             if rows < self.rows:  # tiles up to the last row needed, via scratch
                 row_shape = layout.chunk[1:]
-                buf = scratch(rows * math.prod(row_shape) * layout.dtype.itemsize)
+                buf = scratch(rows * math.prod(row_shape) * layout.dtype.itemsize, "rows")
                 decoded = decoder.decode_rows(data, list(buf.reshape(rows, -1)))
                 scatter(self.batch, task, buf.view(layout.dtype).reshape(rows, *row_shape), self.span)
                 return decoded, False

@@ -5,7 +5,8 @@ are members of one zip file. Members stored uncompressed (``ZIP_STORED``, as zar
 ``ZipStore`` and UMI write them) lie in the zip as they are, so they are read with one
 positioned read of the zip file, which each process opens once. Both read on the decode
 threads, without the store's event loop; a thread that decodes what it read at once can
-read into its own reusable buffer (``reuse=True``) instead of a new bytes object each time.
+read into its own reusable buffer (``reuse=True``, see :mod:`.buffers`) instead of a new
+bytes object each time.
 
     files = local_files(store)            # FolderFiles, ZipMembers, or None
     files.whole("data/camera0_rgb/c/3/0/0/0", bound=2**20)
@@ -17,11 +18,12 @@ import functools
 import os
 import stat
 import struct
-import threading
 import zipfile
 from typing import Any
 
 from zarr.storage import LocalStore, ZipStore
+
+from zarr_torch.read.buffers import scratch
 
 #: a zip member's local header: signature, then fixed fields ending in the lengths of its
 #: name and extra field (which may differ from the central directory's).
@@ -33,22 +35,12 @@ class IsAFolder(OSError):
     """A key that names a folder where a file should be."""
 
 
-_local = threading.local()
-
-
-def _buffer(size: int) -> memoryview:
-    """This thread's read buffer, at least ``size`` bytes: what a ``reuse=True`` read
-    returns a view of, valid until the thread's next such read."""
-    buf = getattr(_local, "buffer", None)
-    if buf is None or len(buf) < size:
-        buf = _local.buffer = memoryview(bytearray(size))
-    return buf[:size]
-
-
 def _pread(fd: int, size: int, offset: int, reuse: bool) -> bytes | memoryview:
+    """``size`` bytes at ``offset`` (fewer at the end of the file); with ``reuse``, a view
+    of this thread's read buffer, valid until its next such read."""
     if not reuse:
         return os.pread(fd, size, offset)
-    buf = _buffer(size)
+    buf = memoryview(scratch(size, "read"))
     return buf[: os.preadv(fd, [buf], offset)]
 
 
