@@ -343,7 +343,9 @@ class _Decode:
     ) -> None:
         self.layout, self.tasks, self.batch, self.span, self.keep = layout, tasks, batch, span, keep
         self.strict, self.budget = strict, budget
-        self.into = layout.decoder is not None and layout.decoder.into and one_frame_chunks(layout, span)
+        #: whether the decoder writes a chunk as stored into given bytes (see ``DirectDecoder``)
+        direct = layout.decoder is not None and layout.decoder.into
+        self.into = direct and one_frame_chunks(layout, span)
         #: whether a read may land in a buffer reused for the next: nothing decoded keeps it
         self.reuse = self.into or (layout.decoder is not None and layout.decoder.fresh)
         self.chunk_bytes = int(np.prod(layout.chunk)) * layout.dtype.itemsize
@@ -353,7 +355,6 @@ class _Decode:
         whole = span == 1 and layout.chunk[layout.item_axes :] == layout.item_shape
         self.items = batch.reshape(len(batch), -1).view(np.uint8) if whole else None
         #: whether chunks of several rows may decode row by row (see :meth:`part`)
-        direct = layout.decoder is not None and layout.decoder.into
         self.by_rows = direct and self.rows > 1 and layout.item_axes == 1
 
     def part(self, i: int, data: Any) -> tuple[int, bool]:
@@ -375,7 +376,8 @@ class _Decode:
             for p in task.positions[1:]:
                 self.batch[p] = self.batch[first]
             return self.chunk_bytes, True
-        if self.by_rows and not self.kept(task):
+        keep = self.kept(task)
+        if self.by_rows and not keep:
             rows = int((task.src + task.rows).max())
             if self.items is not None:
                 return self._rows_into_items(task, rows, data), True
@@ -385,7 +387,7 @@ class _Decode:
                 decoded = decoder.decode_rows(data, list(buf.reshape(rows, -1)))
                 scatter(self.batch, task, buf.view(layout.dtype).reshape(rows, *row_shape), self.span)
                 return decoded, False
-        self.place(i, decoder.decode(data))
+        self.place(i, decoder.decode(data), keep)
         return self.chunk_bytes, False
 
     def _rows_into_items(self, task: Task, rows: int, data: Any) -> int:
@@ -409,12 +411,13 @@ class _Decode:
         does), as no later batch of the epoch needs it."""
         return self.keep and not (self.span == 1 and len(np.unique(task.src)) == self.rows)
 
-    def place(self, i: int, chunk: np.ndarray) -> None:
-        """Copy a decoded chunk of task ``i`` into the batch; keep it if worth it."""
+    def place(self, i: int, chunk: np.ndarray, keep: bool) -> None:
+        """Copy a decoded chunk of task ``i`` into the batch; ``keep`` it in the cache
+        (see :meth:`kept`)."""
         task = self.tasks[i]
         chunk = self.layout.as_rows(chunk)
         scatter(self.batch, task, chunk, self.span)
-        if self.kept(task):
+        if keep:
             self.budget.cache.put((self.layout.name, task.coords), np.asarray(chunk))
 
     def unit(self, unit: Unit, raw: Any, counts: dict[str, int]) -> dict[int, BaseException | None]:
@@ -498,7 +501,7 @@ class _Decode:
         except Exception as exc:
             return {**out, **dict.fromkeys(parts, exc)}
         for i, chunk in zip(parts, chunks, strict=True):
-            self.place(i, chunk)
+            self.place(i, chunk, self.kept(self.tasks[i]))
         process_state().stats.add(
             chunks_decoded_by_zarr=len(parts), bytes_decoded=len(parts) * self.chunk_bytes
         )
