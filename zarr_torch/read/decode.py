@@ -71,12 +71,7 @@ class _Zstd:
     def decode(self, buf: Any, out: np.ndarray | None = None) -> Any:
         if out is None:
             return self._context().decompress(buf)
-        view = memoryview(out).cast("B")
-        with self._context().stream_reader(buf) as reader:
-            got = _fill(reader, view)
-            if got < len(view) or reader.read(1):
-                more = "fewer" if got < len(view) else "more"
-                raise ValueError(f"a zstd frame holds {more} bytes than the {len(view)} its chunk needs")
+        self.decode_rows(buf, [out], len(memoryview(out).cast("B")), 1)
         return out
 
     def decode_rows(self, buf: Any, dests: Sequence[Any], row_bytes: int, rows: int) -> int:
@@ -84,14 +79,15 @@ class _Zstd:
         into ``dests[r]``; None: not needed) and stop after the last; a frame with a
         content checksum is read to its end (to verify it), as is one of ``rows`` rows
         (to find any extra bytes). Returns the bytes decoded."""
-        upto = rows if zstandard.get_frame_parameters(buf).has_checksum else len(dests)
+        whole = len(dests) >= rows or zstandard.get_frame_parameters(buf).has_checksum
+        upto = rows if whole else len(dests)
         with self._context().stream_reader(buf) as reader:
             for r in range(upto):
                 dest = dests[r] if r < len(dests) else None
                 view = memoryview(dest).cast("B") if dest is not None else scratch(row_bytes, "sink")
                 if _fill(reader, view) < row_bytes:
-                    raise ValueError(f"a zstd frame holds fewer than the {rows} rows its chunk needs")
-            if upto == rows and reader.read(1):
+                    raise ValueError(f"a zstd frame holds fewer bytes than the {upto * row_bytes} needed")
+            if whole and reader.read(1):
                 raise ValueError(f"a zstd frame holds more bytes than its chunk's {rows * row_bytes}")
         return upto * row_bytes
 
