@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
-from zarr_torch import process, read, redact, windows
+from zarr_torch import batches, process, read, redact, windows
 from zarr_torch.cache import CACHE_BYTES
 from zarr_torch.errors import ReadError, SkipLog
 from zarr_torch.index import SelectionIndex, Source
@@ -156,7 +156,11 @@ class ZarrFrameDataset(Dataset):
         ahead = [self._check(b) for b in getattr(indices, "ahead", ())]  # see ReadAheadBatches
         reads = process.run(self._read_all(idx, self._budget(), ahead))
         if len(reads) == 1 and self.transform is None and (whole := _one_batch(reads[0])) is not None:
-            return list(torch.from_numpy(whole).unbind(0))  # every frame read: tensors over the batch
+            # Every frame read: tensors over the batch. Outside a DataLoader worker (whose
+            # collate copies into shared memory whatever it gets) they are rows that
+            # default_collate hands on as the batch itself, uncopied.
+            frames = torch.from_numpy(whole)
+            return batches.rows(frames) if len(frames) > 1 and get_worker_info() is None else list(frames)
         samples = []
         started = time.perf_counter()
         for k, i in enumerate(idx.tolist()):

@@ -1,0 +1,84 @@
+"""Samples that are rows of one batch: default_collate hands the batch on without a copy,
+and every other use of them is a plain tensor's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from checks import roundtrip_pickle
+from torch.utils.data import DataLoader, default_collate
+
+from zarr_torch import ZarrFrameDataset
+from zarr_torch.batches import rows
+from zarr_torch.synth import write_stores
+
+ARRAY = "data/camera0_rgb"
+
+
+@pytest.fixture
+def ds(tmp_path):
+    write_stores(str(tmp_path / "s"), stores=2, frames=12, size=16, chunk=4)
+    return ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
+
+
+def test_default_collate_of_a_read_batch_is_that_batch_uncopied(ds):
+    samples = ds.__getitems__([13, 2, 2, 23])
+    batch = default_collate(samples)
+    assert batch.data_ptr() == samples[0].data_ptr()  # the batch read, not a stacked copy
+    assert type(batch) is torch.Tensor
+    np.testing.assert_array_equal(batch.numpy(), np.stack([ds[i].numpy() for i in [13, 2, 2, 23]]))
+
+
+def test_rows_stacked_other_than_whole_and_in_order_are_copied():
+    batch = torch.arange(24, dtype=torch.int16).reshape(4, 6)
+    samples = rows(batch)
+    for picked in (samples[:3], samples[::-1], [samples[0], samples[0], samples[2], samples[3]]):
+        stacked = torch.stack(picked)
+        assert stacked.data_ptr() != batch.data_ptr()
+        torch.testing.assert_close(stacked, torch.stack([s.as_subclass(torch.Tensor) for s in picked]))
+    moved = rows(batch)
+    moved[1].set_(torch.full((6,), 7, dtype=torch.int16))  # a row made to show other values
+    stacked = torch.stack(moved)
+    assert stacked.data_ptr() != batch.data_ptr() and stacked[1].tolist() == [7] * 6
+    out = torch.empty(4, 6, dtype=torch.int16)
+    assert torch.stack(rows(batch), out=out) is out and out.data_ptr() != batch.data_ptr()
+    torch.testing.assert_close(out, batch)
+
+
+def test_a_row_is_a_plain_tensor_to_everything_else():
+    batch = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    row = rows(batch)[1]
+    assert isinstance(row, torch.Tensor)
+    for result in (row + 1, row.clone(), torch.nn.functional.relu(row), row.to(torch.float64)):
+        assert type(result) is torch.Tensor
+    assert (row * 2).tolist() == [8.0, 10.0, 12.0, 14.0]
+    copy, _ = roundtrip_pickle(row)
+    assert copy.tolist() == row.tolist()
+
+
+def test_a_one_sample_read_is_a_plain_tensor(ds):
+    (sample,) = ds.__getitems__([5])
+    assert type(sample) is torch.Tensor and type(ds[5]) is torch.Tensor
+
+
+def plain_collate(samples: list[torch.Tensor]) -> torch.Tensor:
+    assert all(type(s) is torch.Tensor for s in samples), [type(s) for s in samples]
+    return default_collate(samples)
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_worker_batches_are_exact_and_plain(ds, context):
+    """In a worker, collate copies a batch into shared memory (that is how it crosses):
+    the samples there are plain tensors, and the batches arrive exact."""
+    loader = DataLoader(
+        ds,
+        batch_size=5,
+        num_workers=2,
+        timeout=120,
+        multiprocessing_context=context,
+        collate_fn=plain_collate,
+    )
+    got = torch.cat(list(loader))
+    assert type(got) is torch.Tensor
+    np.testing.assert_array_equal(got.numpy(), np.stack([ds[i].numpy() for i in range(len(ds))]))
