@@ -397,6 +397,31 @@ def test_a_chunk_nobody_keeps_decodes_only_the_rows_the_batch_needs(tmp_path, ch
             ds.__getitems__([2])
 
 
+def test_a_chunk_file_nobody_keeps_is_read_only_as_far_as_the_rows_needed(tmp_path):
+    """With the cache off, a zstd chunk file of whole frames is read a little at a time and
+    no further than the last row a batch needs; a file cut short before a row needed, or a
+    folder in a chunk's place, is an error naming the sample, store and index."""
+    path = tmp_path / "a.zarr"
+    frames = np.random.default_rng(0).integers(0, 256, (32, 128, 256), dtype=np.uint8)  # 32 KB each
+    zarr.create_array(str(path), shape=frames.shape, chunks=(16, 128, 256), dtype="uint8")[...] = frames
+    files = [path / "c" / str(k) / "0" / "0" for k in (0, 1)]
+    sizes = [f.stat().st_size for f in files]
+    assert min(sizes) > 16 * 32768  # incompressible: the frames lie in the file in order
+    ds = ZarrFrameDataset(str(path), cache_bytes=0)
+    before = ds.stats()
+    np.testing.assert_array_equal(torch.stack(ds.__getitems__([1, 17])).numpy(), frames[[1, 17]])
+    assert delta(ds, before, "chunks_decoded_into_batch") == 2
+    assert delta(ds, before, "bytes_fetched") < sum(sizes) / 2  # rows 0-1 of each, and a read's margin
+    files[1].write_bytes(files[1].read_bytes()[: sizes[1] // 2])  # rows 0 to about 7 left
+    np.testing.assert_array_equal(ds[18].numpy(), frames[18])
+    with pytest.raises(ReadError, match=r"sample 30: array '' in store .*a\.zarr.*index 30: .*fewer bytes"):
+        ds.__getitems__([2, 30])
+    files[0].unlink()
+    files[0].mkdir()
+    with pytest.raises(ReadError, match=r"sample 3: array '' in store .*a\.zarr.*index 3: .*directory"):
+        ds.__getitems__([3])
+
+
 @pytest.mark.parametrize("fmt", [2, 3])
 @pytest.mark.parametrize("codec", ["blosc", "zstd", "gzip"])
 def test_a_chunk_cut_short_by_one_byte_is_an_error_never_wrong_pixels(tmp_path, fmt, codec):

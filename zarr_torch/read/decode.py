@@ -30,8 +30,6 @@ from zarr.core.array_spec import ArrayConfig, ArraySpec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.registry import get_pipeline_class
 
-from zarr_torch.read.buffers import scratch
-
 #: numpy dtype kinds zarr_torch leaves to zarr: objects, strings, datetimes.
 UNDECODED_KINDS = "OUSVMm"
 
@@ -78,18 +76,36 @@ class _Zstd:
         """Stream the frame's leading rows of ``row_bytes`` each into ``dests`` (row ``r``
         into ``dests[r]``; None: not needed) and stop after the last; a frame with a
         content checksum is read to its end (to verify it), as is one of ``rows`` rows
-        (to find any extra bytes). Returns the bytes decoded."""
-        whole = len(dests) >= rows or zstandard.get_frame_parameters(buf).has_checksum
+        (to find any extra bytes). ``buf`` is the frame's bytes or a file open at its
+        start. Returns the bytes decoded."""
+        whole = len(dests) >= rows or zstandard.get_frame_parameters(_header(buf)).has_checksum
         upto = rows if whole else len(dests)
-        with self._context().stream_reader(buf) as reader:
-            for r in range(upto):
-                dest = dests[r] if r < len(dests) else None
-                view = memoryview(dest).cast("B") if dest is not None else scratch(row_bytes, "sink")
-                if _fill(reader, view) < row_bytes:
-                    raise ValueError(f"a zstd frame holds fewer bytes than the {upto * row_bytes} needed")
+        fewer = f"a zstd frame holds fewer bytes than the {upto * row_bytes} needed"
+        with self._context().stream_reader(buf, closefd=False) as reader:
+            for r, dest in enumerate(dests[:upto]):
+                if dest is None:
+                    continue
+                # rows nobody needs are decoded and dropped by the reader (a forward seek)
+                if (
+                    reader.seek(r * row_bytes) < r * row_bytes
+                    or _fill(reader, memoryview(dest).cast("B")) < row_bytes
+                ):
+                    raise ValueError(fewer)
+            if reader.seek(upto * row_bytes) < upto * row_bytes:
+                raise ValueError(fewer)
             if whole and reader.read(1):
                 raise ValueError(f"a zstd frame holds more bytes than its chunk's {rows * row_bytes}")
         return upto * row_bytes
+
+
+def _header(buf: Any) -> Any:
+    """The start of a zstd frame, at least its header: of its bytes, or of a file open at
+    its start (left there)."""
+    if not hasattr(buf, "read"):
+        return buf
+    header = buf.read(18)  # ZSTD_FRAMEHEADERSIZE_MAX
+    buf.seek(0)
+    return header
 
 
 def _fill(reader: Any, view: memoryview) -> int:
@@ -154,7 +170,8 @@ class DirectDecoder:
     ``into`` says whether :meth:`decode` can write straight into the caller's bytes of
     the chunk (one compressor or none, C order, native byte order); ``fresh`` whether the
     chunk it returns never shares memory with ``raw`` (its last step is a compressor), so
-    ``raw`` may be a buffer the caller reuses.
+    ``raw`` may be a buffer the caller reuses; ``streams`` whether :meth:`decode_rows`
+    takes ``raw`` as an open file too, read only as far as the rows it needs (zstd alone).
     """
 
     steps: tuple[Any, ...]
@@ -163,6 +180,7 @@ class DirectDecoder:
     order: str = "C"
     into: bool = field(init=False)
     fresh: bool = field(init=False)
+    streams: bool = field(init=False)
     #: whether the last step writes a chunk into ``out`` given as flat bytes.
     _last_fills_out: bool = field(init=False)
 
@@ -175,6 +193,7 @@ class DirectDecoder:
         last = self.steps[-1] if self.steps else None
         object.__setattr__(self, "into", into)
         object.__setattr__(self, "fresh", isinstance(last, COMPRESSORS))
+        object.__setattr__(self, "streams", into and len(self.steps) == 1 and isinstance(last, _Zstd))
         object.__setattr__(self, "_last_fills_out", last is not None and _fills_flat_out(last))
 
     def decode(self, raw: Any, out: np.ndarray | None = None) -> np.ndarray:

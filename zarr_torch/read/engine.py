@@ -14,6 +14,8 @@ Chunks whose codecs zarr_torch does not decode go to zarr's pipeline in one call
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import math
 import time
@@ -305,15 +307,17 @@ async def _run_local(reads: list[_ArrayRead], budget: _Budget) -> None:
 
 def _local_units(work: list[tuple[_ArrayRead, Unit]]) -> list[tuple[_ArrayRead, int, BaseException | None]]:
     """Read, decode and assemble units of local stores (on a decode thread). A chunk that
-    decodes to new memory is read into the thread's reusable buffer."""
+    decodes to new memory is read into the thread's reusable buffer; one that streams, a
+    little at a time from its open file."""
     out, counts = [], dict.fromkeys(_COUNTS, 0)
     for r, unit in work:
         try:
-            raw = read_local(r.layout, unit, reuse=r.job.reuse)
+            raw = read_local(r.layout, unit, reuse=r.job.reuse, stream=r.job.streams)
         except Exception as exc:
             out += [(r, i, exc) for i, _, _ in unit.parts]
             continue
-        out += [(r, i, v) for i, v in r.job.unit(unit, raw, counts).items()]
+        with raw if isinstance(raw, io.IOBase) else contextlib.nullcontext():  # an open file
+            out += [(r, i, v) for i, v in r.job.unit(unit, raw, counts).items()]
     process_state().stats.add(**counts)
     return out
 
@@ -356,6 +360,9 @@ class _Decode:
         self.items = batch.reshape(len(batch), -1).view(np.uint8) if whole else None
         #: whether chunks of several rows may decode row by row (see :meth:`part`)
         self.by_rows = direct and self.rows > 1 and layout.item_axes == 1
+        #: whether a chunk file is read only as far as its rows the batch needs: chunks of
+        #: whole frames nobody keeps, that the decoder streams (see :func:`read_local`)
+        self.streams = self.by_rows and self.items is not None and not keep and layout.decoder.streams
 
     def part(self, i: int, data: Any) -> tuple[int, bool]:
         """Decode chunk ``data`` of task ``i`` into the batch (and the cache, if worth it);
@@ -427,10 +434,16 @@ class _Decode:
             return self.absent(unit)
         out: dict[int, BaseException | None] = {}
         decoded_bytes = into = 0
-        view = memoryview(raw)
+        streamed = isinstance(raw, io.IOBase)  # a whole chunk file, open (see read_local)
+        view = raw if streamed else memoryview(raw)
         for i, offset, length in unit.parts:
+            data = (
+                view
+                if (offset, length) == (0, -1)
+                else view[offset : None if length < 0 else offset + length]
+            )
             try:
-                nbytes, direct = self.part(i, view[offset : None if length < 0 else offset + length])
+                nbytes, direct = self.part(i, data)
             except Exception as exc:
                 out[i] = exc
                 continue
@@ -438,7 +451,7 @@ class _Decode:
             into += direct
         decoded = len(unit.parts) - len(out)
         counts["chunks_fetched"] += len(unit.parts)
-        counts["bytes_fetched"] += len(view)
+        counts["bytes_fetched"] += raw.tell() if streamed else len(view)
         counts["chunks_decoded_direct"] += decoded
         counts["chunks_decoded_into_batch"] += into
         counts["bytes_decoded"] += decoded_bytes

@@ -10,6 +10,7 @@ bytes object each time.
 
     files = local_files(store)            # FolderFiles, ZipMembers, or None
     files.whole("data/camera0_rgb/c/3/0/0/0", bound=2**20)
+    files.open("data/camera0_rgb/c/3/0/0/0")  # a folder's file, to stream from (FolderFiles)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import stat
 import struct
 import zipfile
-from typing import Any
+from typing import Any, BinaryIO
 
 from zarr.storage import LocalStore, ZipStore
 
@@ -68,6 +69,15 @@ class FolderFiles:
             return b"".join(parts)
         finally:
             os.close(fd)
+
+    def open(self, key: str) -> BinaryIO | None:
+        """The file, open to be read a little at a time (unbuffered); None when absent."""
+        try:
+            return open(self.root + key, "rb", buffering=0)
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            raise IsAFolder(f"{key!r} is a directory, not a file") from None
 
     def span(self, key: str, start: int, stop: int, reuse: bool = False) -> bytes | memoryview | None:
         """Bytes ``start`` to ``stop`` of the file (fewer if it is shorter); None when absent."""
