@@ -15,7 +15,8 @@ against the written frames:
 - raw decode of the same chunks on both cores (bytes already in memory): the decode limit
 - on S3, the chunks zarr_torch fetches, fetched alone (obstore, 64 in flight, no decode):
   the server limit
-- zarr_torch: ``ZarrFrameDataset.__getitems__`` per batch, its chunk cache off (chunk 16:
+- zarr_torch: ``ZarrFrameDataset.__getitems__`` per batch, collated by ``default_collate``
+  (which hands on the batch it read, uncopied), its chunk cache off (chunk 16:
   also in ``ChunkAwareSampler`` order with the cache on, the way it is meant to be used)
 - datachain, when installed (chunk 1): ``ZarrSelection.read()`` and ``to_pytorch()``
 
@@ -54,7 +55,7 @@ import zstandard
 from peers import run_annbatch
 from peers_datachain import datachain_peers
 from servers import s3_options, serve_moto, start
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
@@ -157,7 +158,8 @@ def tensorstore_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) ->
 
 
 def zarr_torch_batched(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Frames:
-    return [frame.numpy() for batch in batches(order) for frame in ds.__getitems__(batch.tolist())]
+    """``__getitems__`` per batch, collated as a DataLoader collates it."""
+    return [default_collate(ds.__getitems__(batch.tolist())).numpy() for batch in batches(order)]
 
 
 def zarr_torch_ahead(ds: ZarrFrameDataset, order: np.ndarray, depth: int = 2) -> Frames:
@@ -165,9 +167,8 @@ def zarr_torch_ahead(ds: ZarrFrameDataset, order: np.ndarray, depth: int = 2) ->
     ``ReadAheadBatches`` does for a DataLoader): their fetches start while it is read."""
     every = [b.tolist() for b in batches(order)]
     return [
-        frame.numpy()
+        default_collate(ds.__getitems__(AheadBatch(batch, every[k + 1 : k + 1 + depth]))).numpy()
         for k, batch in enumerate(every)
-        for frame in ds.__getitems__(AheadBatch(batch, every[k + 1 : k + 1 + depth]))
     ]
 
 
