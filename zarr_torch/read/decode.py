@@ -80,7 +80,6 @@ class _Zstd:
         start. Returns the bytes decoded."""
         whole = len(dests) >= rows or zstandard.get_frame_parameters(_header(buf)).has_checksum
         upto = rows if whole else len(dests)
-        fewer = f"a zstd frame holds fewer bytes than the {upto * row_bytes} needed"
         with self._context().stream_reader(buf, closefd=False) as reader:
             for r, dest in enumerate(dests[:upto]):
                 if dest is None:
@@ -90,12 +89,16 @@ class _Zstd:
                     reader.seek(r * row_bytes) < r * row_bytes
                     or _fill(reader, memoryview(dest).cast("B")) < row_bytes
                 ):
-                    raise ValueError(fewer)
+                    raise _fewer(upto * row_bytes)
             if reader.seek(upto * row_bytes) < upto * row_bytes:
-                raise ValueError(fewer)
+                raise _fewer(upto * row_bytes)
             if whole and reader.read(1):
                 raise ValueError(f"a zstd frame holds more bytes than its chunk's {rows * row_bytes}")
         return upto * row_bytes
+
+
+def _fewer(needed: int) -> ValueError:
+    return ValueError(f"a zstd frame holds fewer bytes than the {needed} needed")
 
 
 def _header(buf: Any) -> Any:

@@ -14,7 +14,6 @@ Chunks whose codecs zarr_torch does not decode go to zarr's pipeline in one call
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import math
@@ -316,8 +315,11 @@ def _local_units(work: list[tuple[_ArrayRead, Unit]]) -> list[tuple[_ArrayRead, 
         except Exception as exc:
             out += [(r, i, exc) for i, _, _ in unit.parts]
             continue
-        with raw if isinstance(raw, io.IOBase) else contextlib.nullcontext():  # an open file
+        try:
             out += [(r, i, v) for i, v in r.job.unit(unit, raw, counts).items()]
+        finally:
+            if type(raw) is io.FileIO:  # a chunk file, open to stream from
+                raw.close()
     process_state().stats.add(**counts)
     return out
 
@@ -434,7 +436,7 @@ class _Decode:
             return self.absent(unit)
         out: dict[int, BaseException | None] = {}
         decoded_bytes = into = 0
-        streamed = isinstance(raw, io.IOBase)  # a whole chunk file, open (see read_local)
+        streamed = type(raw) is io.FileIO  # a whole chunk file, open (see read_local)
         view = raw if streamed else memoryview(raw)
         for i, offset, length in unit.parts:
             data = (
