@@ -2,8 +2,10 @@
 
 Fixtures are written with ``zarr_torch.synth`` (224x224 RGB frames). Every reader reads
 every frame of a layout in one random order, in batches of 64, three times, taking turns
-with the other readers (the best run counts), and every frame it returns is checked
-against the written frames:
+with the other readers (the best run counts). Each batch is checked against the written
+frames and dropped before the reader is asked for the next, as a training step takes
+one batch at a time; only the time spent reading counts (annbatch's peer script is
+timed the same way):
 
 - per-item zarr: one open array per store, ``arr[i]`` per item
 - tensorstore: one read per item, the batch's reads in flight together
@@ -41,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -81,8 +83,9 @@ LAYOUTS = {
 ROUNDS = 3
 #: layouts whose stores are zipped (``*.zarr.zip``) after they are written.
 ZIPPED = {"zip"}
-#: what each reader of a layout returns: the frames it read, batch by batch, in order.
-Frames = list[np.ndarray]
+#: what each reader of a layout yields: the frames of each batch in turn (an array or a
+#: list of frames), which the run checks and drops before asking for the next.
+Frames = Iterator[Any]
 
 
 def batches(order: np.ndarray) -> list[np.ndarray]:
@@ -99,14 +102,16 @@ def locate(ds: ZarrFrameDataset, order: np.ndarray) -> list[tuple[str, int]]:
 
 
 def naive(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Frames:
-    return [zarr.open_array(make_store(u, options), path=ARRAY, mode="r")[t] for u, t in locate(ds, order)]
+    for batch in batches(order):
+        yield [zarr.open_array(make_store(u, options), path=ARRAY, mode="r")[t] for u, t in locate(ds, batch)]
 
 
 def per_item_zarr(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Frames:
     arrays = {
         s.uri: zarr.open_array(make_store(s.uri, options), path=ARRAY, mode="r") for s in ds.index.stores
     }
-    return [arrays[u][t] for u, t in locate(ds, order)]
+    for batch in batches(order):
+        yield [arrays[u][t] for u, t in locate(ds, batch)]
 
 
 def zarrs_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Frames:
@@ -114,7 +119,6 @@ def zarrs_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Frame
     orthogonal selection, which zarrs fetches and decodes in parallel in Rust."""
     with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
         arrays = [zarr.open_array(make_store(s.uri, options), path=ARRAY, mode="r") for s in ds.index.stores]
-        out: Frames = []
         for batch in batches(order):
             rows = ds.index.rows[batch]
             got = np.empty((len(batch), *arrays[0].shape[1:]), dtype=arrays[0].dtype)
@@ -123,8 +127,7 @@ def zarrs_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Frame
                 frames = rows["start"][members]
                 ranks = np.argsort(frames)
                 got[members[ranks]] = arrays[int(a)].get_orthogonal_selection((frames[ranks],))
-            out.append(got)
-    return out
+            yield got
 
 
 def tensorstore_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Frames:
@@ -150,26 +153,23 @@ def tensorstore_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) ->
         return {"driver": "zarr3" if fmt == 3 else "zarr", "kvstore": kv}
 
     arrays = {s.uri: ts.open(spec(s.uri), read=True).result() for s in ds.index.stores}
-    out: Frames = []
     for batch in batches(order):
         futures = [arrays[u][t].read() for u, t in locate(ds, batch)]
-        out += [f.result() for f in futures]
-    return out
+        yield [f.result() for f in futures]
 
 
 def zarr_torch_batched(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Frames:
     """``__getitems__`` per batch, collated as a DataLoader collates it."""
-    return [default_collate(ds.__getitems__(batch.tolist())).numpy() for batch in batches(order)]
+    for batch in batches(order):
+        yield default_collate(ds.__getitems__(batch.tolist())).numpy()
 
 
 def zarr_torch_ahead(ds: ZarrFrameDataset, order: np.ndarray, depth: int = 2) -> Frames:
     """``__getitems__`` per batch, each batch naming the next ``depth`` (as
     ``ReadAheadBatches`` does for a DataLoader): their fetches start while it is read."""
     every = [b.tolist() for b in batches(order)]
-    return [
-        default_collate(ds.__getitems__(AheadBatch(batch, every[k + 1 : k + 1 + depth]))).numpy()
-        for k, batch in enumerate(every)
-    ]
+    for k, batch in enumerate(every):
+        yield default_collate(ds.__getitems__(AheadBatch(batch, every[k + 1 : k + 1 + depth]))).numpy()
 
 
 def fetch_only(ds: ZarrFrameDataset, order: np.ndarray, options: dict, chunk: int) -> int:
@@ -188,13 +188,11 @@ def fetch_only(ds: ZarrFrameDataset, order: np.ndarray, options: dict, chunk: in
 
 
 def memmap_reads(frames: np.memmap, order: np.ndarray) -> Frames:
-    out = []
     for batch in batches(order):
         ranks = np.argsort(batch)
         got = np.empty((len(batch), *frames.shape[1:]), dtype=frames.dtype)
         got[ranks] = frames[batch[ranks]]  # sorted reads, returned in the batch's order
-        out.append(got)
-    return out
+        yield got
 
 
 METADATA = ("zarr.json", ".zarray", ".zattrs")
@@ -264,24 +262,36 @@ def loader_fps(ds: Dataset, sampler: Any, workers: int) -> float:
 # -- the run ------------------------------------------------------------------------------------
 
 
-def cold_fps(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Frames/s of ``fn`` (which returns its frames, or how many it read) with zarr_torch's
-    chunk cache emptied first; and what it returned."""
+def cold_fps(fn: Callable[[], Any], expected: np.ndarray, peer: str) -> float:
+    """Frames/s of ``fn`` with zarr_torch's chunk cache emptied first. ``fn`` returns how
+    many frames it read, or yields them batch by batch: then only the time spent in the
+    reader counts, and each batch is checked against ``expected`` and dropped before the
+    next, as a training step takes one batch at a time (annbatch's peer is timed so too)."""
     process.process_state().clear_caches()
-    start_t = time.perf_counter()
+    started = time.perf_counter()
     got = fn()
-    seconds = time.perf_counter() - start_t
-    return (got if isinstance(got, int) else sum(len(f) if f.ndim == 4 else 1 for f in got)) / seconds, got
-
-
-def check(got: Any, expected: np.ndarray, peer: str) -> None:
-    """Every frame a reader returned equals the written frame at its place."""
     if isinstance(got, int):
-        return
-    frames = np.concatenate([f if f.ndim == 4 else f[None] for f in got])
+        return got / (time.perf_counter() - started)
+    seconds, done = time.perf_counter() - started, 0
+    while True:
+        started = time.perf_counter()
+        batch = next(got, None)
+        seconds += time.perf_counter() - started
+        if batch is None:
+            break
+        done += check(batch, expected[done : done + len(batch)], peer, done)
+    if done != len(expected):
+        raise AssertionError(f"{peer} returned {done} frames of {len(expected)}")
+    return done / seconds
+
+
+def check(batch: Any, expected: np.ndarray, peer: str, at: int) -> int:
+    """Every frame of ``batch`` equals the written frame at its place; how many it holds."""
+    frames = batch if isinstance(batch, np.ndarray) else np.stack([np.asarray(f) for f in batch])
     if not np.array_equal(frames, expected):
         wrong = int(np.flatnonzero((frames != expected).reshape(len(frames), -1).any(axis=1))[0])
-        raise AssertionError(f"{peer} returned a wrong frame at position {wrong}")
+        raise AssertionError(f"{peer} returned a wrong frame at position {at + wrong}")
+    return len(frames)
 
 
 def bench_layout(
@@ -345,17 +355,14 @@ def bench_layout(
     out: dict[str, float | None] = {}
     # Readers take turns, ROUNDS times, and the best of each counts: this machine's speed
     # drifts by a fifth over minutes, which back-to-back runs of one reader would all get.
-    turns = [(r, peer) for r in range(ROUNDS) for peer in readers]
-    for r, peer in tqdm(turns, desc=f"{'local' if local else 's3'} {name}"):
+    turns = [peer for _ in range(ROUNDS) for peer in readers]
+    for peer in tqdm(turns, desc=f"{'local' if local else 's3'} {name}"):
         if peer in out and out[peer] is None:
             continue  # failed before
         fn, read_order = readers[peer]
         process.process_state().stats = type(process.process_state().stats)()
         try:
-            fps, got = cold_fps(fn)
-            if r == ROUNDS - 1:
-                check(got, reference[read_order], peer)
-            out[peer] = max(out.get(peer) or 0.0, fps)
+            out[peer] = max(out.get(peer) or 0.0, cold_fps(fn, reference[read_order], peer))
         except Exception as exc:  # a reader that cannot read this layout: recorded, not fatal
             print(f"{peer} on {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
             out[peer] = None
