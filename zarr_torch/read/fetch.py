@@ -16,9 +16,9 @@ its index says, or a directory, is a :class:`ShardError`.
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 import google_crc32c
 import numpy as np
@@ -175,7 +175,7 @@ async def _decode_index(layout: Layout, raw: bytes, key: str) -> np.ndarray:
 
 def read_local(
     layout: Layout, unit: Unit, reuse: bool = False, stream: bool = False
-) -> bytes | memoryview | BinaryIO | None:
+) -> bytes | memoryview | io.FileIO | None:
     """The bytes of ``unit`` read in place (a folder's file, a zip's member); None when its
     object is absent. With ``reuse``, a view of this thread's read buffer (see
     :mod:`.files`), valid until its next read; with ``stream``, a whole file of a folder

@@ -16,11 +16,12 @@ bytes object each time.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import stat
 import struct
 import zipfile
-from typing import Any, BinaryIO
+from typing import Any
 
 from zarr.storage import LocalStore, ZipStore
 
@@ -70,8 +71,9 @@ class FolderFiles:
         finally:
             os.close(fd)
 
-    def open(self, key: str) -> BinaryIO | None:
-        """The file, open to be read a little at a time (unbuffered); None when absent."""
+    def open(self, key: str) -> io.FileIO | None:
+        """The file, open to be read a little at a time (an unbuffered ``io.FileIO``, which
+        the read engine closes); None when absent."""
         try:
             return open(self.root + key, "rb", buffering=0)
         except FileNotFoundError:
