@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +69,12 @@ class _Zstd:
     def decode(self, buf: Any, out: np.ndarray | None = None) -> Any:
         if out is None:
             return self._context().decompress(buf)
-        self.decode_rows(buf, [out], len(memoryview(out).cast("B")), 1)
+        view = memoryview(out).cast("B")
+        with self._context().stream_reader(buf, closefd=False) as reader:
+            if _fill(reader, view) < len(view):
+                raise _fewer(len(view))
+            if reader.read(1):  # also verifies a content checksum at the frame's end
+                raise _more(len(view))
         return out
 
     def decode_rows(self, buf: Any, dests: Sequence[Any], row_bytes: int, rows: int) -> int:
@@ -93,12 +98,16 @@ class _Zstd:
             if reader.seek(upto * row_bytes) < upto * row_bytes:
                 raise _fewer(upto * row_bytes)
             if whole and reader.read(1):
-                raise ValueError(f"a zstd frame holds more bytes than its chunk's {rows * row_bytes}")
+                raise _more(rows * row_bytes)
         return upto * row_bytes
 
 
 def _fewer(needed: int) -> ValueError:
     return ValueError(f"a zstd frame holds fewer bytes than the {needed} needed")
+
+
+def _more(size: int) -> ValueError:
+    return ValueError(f"a zstd frame holds more bytes than its chunk's {size}")
 
 
 def _header(buf: Any) -> Any:
@@ -184,6 +193,8 @@ class DirectDecoder:
     into: bool = field(init=False)
     fresh: bool = field(init=False)
     streams: bool = field(init=False)
+    #: ``decode(raw, out=...)`` for :attr:`into`: the compressor's own when it is the chain
+    decode_into: Callable[..., Any] = field(init=False, repr=False, compare=False)
     #: whether the last step writes a chunk into ``out`` given as flat bytes.
     _last_fills_out: bool = field(init=False)
 
@@ -198,6 +209,8 @@ class DirectDecoder:
         object.__setattr__(self, "fresh", isinstance(last, COMPRESSORS))
         object.__setattr__(self, "streams", into and len(self.steps) == 1 and isinstance(last, _Zstd))
         object.__setattr__(self, "_last_fills_out", last is not None and _fills_flat_out(last))
+        alone = len(self.steps) == 1 and self._last_fills_out
+        object.__setattr__(self, "decode_into", last.decode if into and alone else self.decode)
 
     def decode(self, raw: Any, out: np.ndarray | None = None) -> np.ndarray:
         """The chunk of ``raw`` bytes; with ``out`` (the chunk's bytes in the batch, a flat

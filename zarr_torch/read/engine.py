@@ -366,25 +366,29 @@ class _Decode:
         #: whole frames nobody keeps, that the decoder streams (see :func:`read_local`)
         self.streams = self.by_rows and self.items is not None and not keep and layout.decoder.streams
 
-    def part(self, i: int, data: Any) -> tuple[int, bool]:
-        """Decode chunk ``data`` of task ``i`` into the batch (and the cache, if worth it);
-        return the bytes decoded and whether they went straight into the batch.
+    def frame(self, i: int, data: Any) -> None:
+        """Decode one-frame chunk ``data`` of task ``i`` straight into the first batch
+        item that shows it, then copy it to any other."""
+        positions = self.tasks[i].positions
+        first = positions[0]
+        self.layout.decoder.decode_into(data, out=self.items[first])
+        if len(positions) > 1:
+            self.batch[positions[1:]] = self.batch[first]
 
-        A one-frame chunk decodes straight into the batch; so does a chunk of whole frames
-        that is not kept, row by row into the items that show them. A chunk of tiles not
-        kept and needed only in part decodes into this thread's scratch buffer. Either
-        stops after the last row the batch needs when the codec can (zstd). Any other
-        chunk decodes whole, into memory of its own (kept if worth it).
+    def part(self, i: int, data: Any) -> tuple[int, bool]:
+        """Decode chunk ``data`` of task ``i``, not one frame (see :meth:`frame`), into the
+        batch (and the cache, if worth it); return the bytes decoded and whether they went
+        straight into the batch.
+
+        A chunk of whole frames that is not kept decodes row by row into the items that
+        show them. A chunk of tiles not kept and needed only in part decodes into this
+        thread's scratch buffer. Either stops after the last row the batch needs when the
+        codec can (zstd). Any other chunk decodes whole, into memory of its own (kept if
+        worth it).
         """
         layout, task = self.layout, self.tasks[i]
         decoder = layout.decoder
         assert decoder is not None
-        if self.into:  # straight into the first item that shows it, then copied to any other
-            first = task.positions[0]
-            decoder.decode(data, out=self.items[first])
-            for p in task.positions[1:]:
-                self.batch[p] = self.batch[first]
-            return self.chunk_bytes, True
         keep = self.kept(task)
         if self.by_rows and not keep:
             rows = int((task.src + task.rows).max())
@@ -437,14 +441,17 @@ class _Decode:
         out: dict[int, BaseException | None] = {}
         decoded_bytes = into = 0
         streamed = type(raw) is io.FileIO  # a whole chunk file, open (see read_local)
-        view = raw if streamed else memoryview(raw)
+        view = raw if streamed or type(raw) is memoryview else memoryview(raw)
         for i, offset, length in unit.parts:
             data = (
-                view
-                if (offset, length) == (0, -1)
-                else view[offset : None if length < 0 else offset + length]
+                view if length < 0 and not offset else view[offset : None if length < 0 else offset + length]
             )
             try:
+                if self.into:
+                    self.frame(i, data)
+                    decoded_bytes += self.chunk_bytes
+                    into += 1
+                    continue
                 nbytes, direct = self.part(i, data)
             except Exception as exc:
                 out[i] = exc
