@@ -17,6 +17,7 @@ its index says, or a directory, is a :class:`ShardError`.
 from __future__ import annotations
 
 import io
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -35,7 +36,7 @@ from zarr_torch.storage import MissingChunkError
 COALESCE_GAP = 64 * 1024
 #: the fill value: what an absent chunk's task settles as.
 ABSENT = None
-EMPTY = np.uint64(2**64 - 1)
+EMPTY = 2**64 - 1
 
 
 class ShardError(OSError):
@@ -60,10 +61,15 @@ async def plan_fetch(
     chunks (:data:`ABSENT`, or ``MissingChunkError`` when ``strict``) and failed shards."""
     if layout.shard is None:
         return [Unit(layout.store_key(tasks[i].coords), parts=[(i, 0, -1)]) for i in todo], {}
-    per_shard = np.array(layout.chunks_per_shard)
-    by_shard: dict[tuple[int, ...], list[int]] = {}
+    # plain ints: a batch's few chunks per shard cost more in numpy calls than in arithmetic
+    per_shard = layout.chunks_per_shard
+    strides = [math.prod(per_shard[k + 1 :]) for k in range(len(per_shard))]
+    by_shard: dict[tuple[int, ...], list[tuple[int, int]]] = {}
     for i in todo:
-        by_shard.setdefault(tuple((np.array(tasks[i].coords) // per_shard).tolist()), []).append(i)
+        coords = tasks[i].coords
+        shard = tuple(c // n for c, n in zip(coords, per_shard, strict=True))
+        inner = sum(c % n * s for c, n, s in zip(coords, per_shard, strides, strict=True))
+        by_shard.setdefault(shard, []).append((i, inner))
     settled: dict[int, BaseException | None] = {}
     units: list[Unit] = []
     for shard, members in by_shard.items():
@@ -71,19 +77,18 @@ async def plan_fetch(
         try:
             index = await shard_index(layout, shard, key)
         except Exception as exc:
-            settled.update(dict.fromkeys(members, exc))
+            settled.update(dict.fromkeys((i for i, _ in members), exc))
             continue
         if index is None:
-            settled.update(dict.fromkeys(members, absent(f"shard {key!r}", strict)))
+            settled.update(dict.fromkeys((i for i, _ in members), absent(f"shard {key!r}", strict)))
             continue
         spans = []
-        for i in members:
-            inner = np.ravel_multi_index(tuple(np.array(tasks[i].coords) % per_shard), tuple(per_shard))
-            offset, length = index[inner]
+        for i, inner in members:
+            offset, length = index.item(inner, 0), index.item(inner, 1)
             if offset == EMPTY:
                 settled[i] = absent(f"chunk {tasks[i].coords} of shard {key!r}", strict)
             else:
-                spans.append((int(offset), int(length), i))
+                spans.append((offset, length, i))
         units += _coalesce(key, sorted(spans))
     return units, settled
 
