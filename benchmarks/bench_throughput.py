@@ -79,8 +79,9 @@ LAYOUTS = {
     "zip": {"chunk": 1, "zarr_format": 2, "codec": "blosc"},  # then zipped, as UMI ships stores
 }
 #: how many turns every reader of a layout takes (the first also pays one-off costs:
-#: threads, opening arrays); its best counts.
-ROUNDS = 3
+#: threads, opening arrays); its best counts. With three, ratios of whole make bench runs
+#: minutes apart differed by up to 0.3 (zip against tensorstore: 0.87, then 1.20).
+ROUNDS = 5
 #: layouts whose stores are zipped (``*.zarr.zip``) after they are written.
 ZIPPED = {"zip"}
 #: what each reader of a layout yields: the frames of each batch in turn (an array or a
