@@ -312,7 +312,7 @@ def _local_units(work: list[tuple[_ArrayRead, Unit]]) -> list[tuple[_ArrayRead, 
     out, counts = [], dict.fromkeys(_COUNTS, 0)
     for r, unit in work:
         try:
-            raw = read_local(r.layout, unit, reuse=r.job.reuse, stream=r.job.streams)
+            raw = read_local(r.layout, unit, reuse=r.job.reuse, stream=r.job.streams(unit))
         except Exception as exc:
             out += [(r, i, exc) for i, _, _ in unit.parts]
             continue
@@ -363,9 +363,16 @@ class _Decode:
         self.items = batch.reshape(len(batch), -1).view(np.uint8) if whole else None
         #: whether chunks of several rows may decode row by row (see :meth:`part`)
         self.by_rows = direct and self.rows > 1 and layout.item_axes == 1
-        #: whether a chunk file is read only as far as its rows the batch needs: chunks of
-        #: whole frames nobody keeps, that the decoder streams (see :func:`read_local`)
-        self.streams = self.by_rows and self.items is not None and not keep and layout.decoder.streams
+        #: whether chunk files may be read only as far as their rows the batch needs:
+        #: chunks of whole frames, that the decoder streams (see :meth:`streams`)
+        self.may_stream = self.by_rows and self.items is not None and layout.decoder.streams
+
+    def streams(self, unit: Unit) -> bool:
+        """Whether to read ``unit``'s chunk file only as far as the decoder gets, straight
+        into the batch items (see :func:`read_local`): a whole chunk file not kept, with
+        the cache on or off. Its bytes then pass through the decoder's small input buffer
+        rather than a buffer of the whole chunk."""
+        return self.may_stream and unit.start is None and not self.kept(self.tasks[unit.parts[0][0]])
 
     def frame(self, i: int, data: Any) -> None:
         """Decode one-frame chunk ``data`` of task ``i`` straight into the first batch
