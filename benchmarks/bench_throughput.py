@@ -1,7 +1,7 @@
 """Loader throughput against its peers, side by side in one run: frames per second.
 
 Fixtures are written with ``zarr_torch.synth`` (224x224 RGB frames). Every reader reads
-every frame of a layout in one random order, in batches of 64, three times, taking turns
+every frame of a layout in one random order, in batches of 64, ROUNDS (five) times, taking turns
 with the other readers (the best run counts). Each batch is checked against the written
 frames and dropped before the reader is asked for the next, as a training step takes
 one batch at a time; only the time spent reading counts (annbatch's peer script is
