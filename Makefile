@@ -10,7 +10,7 @@ PYTHON_NEWEST ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.12*/bin/python 
 VENV_NEWEST := .venv-3.12
 EXTRAS := dev,docs,datachain,lightning,accelerate
 
-.PHONY: venv demo test test-newest lint bench docs dist clean
+.PHONY: venv demo test test-newest bench docs dist clean
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,7 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory test-newest
 

@@ -187,7 +187,7 @@ class SelectionIndex:
     def to_records(self) -> Iterator[dict[str, Any]]:
         """Every row as a ``ZarrSelection`` record (datachain's shape, no credentials), in order.
 
-            dc_selection = datachain.lib.zarr.ZarrSelection.model_validate(next(index.to_records()))
+        dc_selection = datachain.lib.zarr.ZarrSelection.model_validate(next(index.to_records()))
         """
         from zarr_torch.interop import to_records
 
@@ -196,7 +196,7 @@ class SelectionIndex:
     def to_datachain(self, column: str = "frame", **read_values: Any) -> Any:
         """A datachain chain of one ``ZarrSelection`` per row, in order (needs datachain).
 
-            chain = index[::10].to_datachain("frame", in_memory=True)
+        chain = index[::10].to_datachain("frame", in_memory=True)
         """
         from zarr_torch.interop import to_datachain
 
