@@ -383,10 +383,10 @@ class _Decode:
         if len(positions) > 1:
             self.batch[positions[1:]] = self.batch[first]
 
-    def part(self, i: int, data: Any) -> tuple[int, bool]:
+    def part(self, i: int, data: Any, keep: bool) -> tuple[int, bool]:
         """Decode chunk ``data`` of task ``i``, not one frame (see :meth:`frame`), into the
-        batch (and the cache, if worth it); return the bytes decoded and whether they went
-        straight into the batch.
+        batch (and the cache, if ``keep``: see :meth:`kept`); return the bytes decoded and
+        whether they went straight into the batch.
 
         A chunk of whole frames that is not kept decodes row by row into the items that
         show them. A chunk of tiles not kept and needed only in part decodes into this
@@ -397,7 +397,6 @@ class _Decode:
         layout, task = self.layout, self.tasks[i]
         decoder = layout.decoder
         assert decoder is not None
-        keep = self.kept(task)
         if self.by_rows and not keep:
             rows = int((task.src + task.rows).max())
             if self.items is not None:
@@ -460,7 +459,8 @@ class _Decode:
                     decoded_bytes += self.chunk_bytes
                     into += 1
                     continue
-                nbytes, direct = self.part(i, data)
+                # a chunk streamed from its file is one not kept (see streams)
+                nbytes, direct = self.part(i, data, keep=not streamed and self.kept(self.tasks[i]))
             except Exception as exc:
                 out[i] = exc
                 continue
