@@ -366,13 +366,14 @@ class _Decode:
         #: whether chunk files may be read only as far as their rows the batch needs:
         #: chunks of whole frames, that the decoder streams (see :meth:`streams`)
         self.may_stream = self.by_rows and self.items is not None and layout.decoder.streams
+        self._kept: list[bool | None] = [None] * len(tasks)  # see kept
 
     def streams(self, unit: Unit) -> bool:
         """Whether to read ``unit``'s chunk file only as far as the decoder gets, straight
         into the batch items (see :func:`read_local`): a whole chunk file not kept, with
         the cache on or off. Its bytes then pass through the decoder's small input buffer
         rather than a buffer of the whole chunk."""
-        return self.may_stream and unit.start is None and not self.kept(self.tasks[unit.parts[0][0]])
+        return self.may_stream and unit.start is None and not self.kept(unit.parts[0][0])
 
     def frame(self, i: int, data: Any) -> None:
         """Decode one-frame chunk ``data`` of task ``i`` straight into the first batch
@@ -425,11 +426,18 @@ class _Decode:
             self.items[p] = first
         return decoded
 
-    def kept(self, task: Task) -> bool:
-        """Whether to keep ``task``'s chunk: not when this batch took every item it holds
+    def kept(self, i: int) -> bool:
+        """Whether to keep task ``i``'s chunk: not when this batch took every item it holds
         (as a sampler that visits each item once an epoch, like ``ChunkAwareSampler``,
-        does), as no later batch of the epoch needs it."""
-        return self.keep and not (self.span == 1 and len(np.unique(task.src)) == self.rows)
+        does), as no later batch of the epoch needs it. Worked out once a task: a local
+        chunk is asked about before its read (see :meth:`streams`) and again to decode."""
+        known = self._kept[i]
+        if known is None:
+            task = self.tasks[i]
+            known = self._kept[i] = self.keep and not (
+                self.span == 1 and len(np.unique(task.src)) == self.rows
+            )
+        return known
 
     def place(self, i: int, chunk: np.ndarray, keep: bool) -> None:
         """Copy a decoded chunk of task ``i`` into the batch; ``keep`` it in the cache
@@ -459,8 +467,7 @@ class _Decode:
                     decoded_bytes += self.chunk_bytes
                     into += 1
                     continue
-                # a chunk streamed from its file is one not kept (see streams)
-                nbytes, direct = self.part(i, data, keep=not streamed and self.kept(self.tasks[i]))
+                nbytes, direct = self.part(i, data, keep=self.kept(i))
             except Exception as exc:
                 out[i] = exc
                 continue
@@ -531,7 +538,7 @@ class _Decode:
         except Exception as exc:
             return {**out, **dict.fromkeys(parts, exc)}
         for i, chunk in zip(parts, chunks, strict=True):
-            self.place(i, chunk, self.kept(self.tasks[i]))
+            self.place(i, chunk, self.kept(i))
         process_state().stats.add(
             chunks_decoded_by_zarr=len(parts), bytes_decoded=len(parts) * self.chunk_bytes
         )
