@@ -36,6 +36,7 @@ from zarr_torch.storage import MissingChunkError
 COALESCE_GAP = 64 * 1024
 #: the fill value: what an absent chunk's task settles as.
 ABSENT = None
+#: a shard index's offset and length for a chunk its shard does not hold (zarr's sentinel).
 EMPTY = 2**64 - 1
 
 
