@@ -10,7 +10,9 @@ timed the same way):
 - per-item zarr: one open array per store, ``arr[i]`` per item
 - tensorstore: one read per item, the batch's reads in flight together
 - zarr with the zarrs Rust codec pipeline: one orthogonal selection per array and batch
-  (the compiled engine zarr_torch could hand its reads to)
+- the zarrs engine alone (local folders): each batch's chunk list handed straight to
+  zarrs' Rust reader, with none of zarr's indexing (the compiled engine zarr_torch could
+  hand its reads to; see ``zarrs_engine_reads``)
 - annbatch 0.3.1, with the zarrs Rust codec pipeline and without (a Python 3.12 venv of
   its own, see ``peers.py``), random frames in batches of 64
 - numpy memmap of the same frames: no decode, the I/O limit
@@ -36,6 +38,8 @@ three epochs each, taken in turn). Results:
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import os
 import platform
@@ -61,6 +65,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.storage import LocalStore
 
 from zarr_torch import ChunkAwareSampler, ZarrFrameDataset, process
 from zarr_torch.sampling import AheadBatch
@@ -129,6 +134,52 @@ def zarrs_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Frame
                 ranks = np.argsort(frames)
                 got[members[ranks]] = arrays[int(a)].get_orthogonal_selection((frames[ranks],))
             yield got
+
+
+def zarrs_engine_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Frames:
+    """zarrs' Rust reader handed each batch's chunks directly: per array, one call of
+    ``CodecPipelineImpl.retrieve_chunks_and_apply_index`` (what zarrs' codec pipeline
+    calls under zarr, zarrs 0.2's internal API) with one ``ChunkItem`` per chunk and frame,
+    which reads, decodes and places them into one batch array on zarrs' threads, the GIL
+    released. Local folder stores only (zarrs takes unwrapped stores)."""
+    from zarrs._internal import ChunkItem, CodecPipelineImpl
+
+    arrays = [zarr.open_array(s.uri, path=ARRAY, mode="r") for s in ds.index.stores]
+    impls = [
+        CodecPipelineImpl(json.dumps(a.metadata.to_dict()), LocalStore(s.uri))
+        for a, s in zip(arrays, ds.index.stores, strict=True)
+    ]
+    first = arrays[0]
+    outer = first.shards or first.chunks  # zarrs reads a sharded array by its shards
+    # each tile of a frame: its grid coordinates, its part of the chunk, its place in the frame
+    tiles = []
+    for tile in itertools.product(
+        *(range(-(-n // c)) for n, c in zip(first.shape[1:], outer[1:], strict=True))
+    ):
+        lo = [t * c for t, c in zip(tile, outer[1:], strict=True)]
+        sizes = [min(c, n - a) for a, c, n in zip(lo, outer[1:], first.shape[1:], strict=True)]
+        within = [slice(0, n) for n in sizes]
+        tiles.append((tile, within, [slice(a, a + n) for a, n in zip(lo, sizes, strict=True)]))
+    keys = functools.cache(lambda coords: f"{ARRAY}/{first.metadata.encode_chunk_key(coords)}")
+
+    for batch in batches(order):
+        rows = ds.index.rows[batch]
+        got = np.empty((len(batch), *first.shape[1:]), dtype=first.dtype)
+        for a in np.unique(rows["array"]):
+            members = np.flatnonzero(rows["array"] == a)
+            chunks = [
+                ChunkItem(
+                    keys((frame // outer[0], *tile)),
+                    [slice(frame % outer[0], frame % outer[0] + 1), *within],
+                    outer,
+                    [slice(k, k + 1), *place],
+                    got.shape,
+                )
+                for k, frame in zip(members.tolist(), rows["start"][members].tolist(), strict=True)
+                for tile, within, place in tiles
+            ]
+            impls[int(a)].retrieve_chunks_and_apply_index(chunks, got)
+        yield got
 
 
 def tensorstore_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -> Frames:
@@ -349,6 +400,8 @@ def bench_layout(
         reference.tofile(path)
         mm = np.memmap(path, dtype=np.uint8, mode="r", shape=reference.shape)
         readers["numpy memmap (I/O limit)"] = (lambda: memmap_reads(mm, order), order)
+        if name not in ZIPPED:
+            readers["zarrs engine, chunk lists"] = (lambda: zarrs_engine_reads(ds, order, options), order)
         if name != "sharded":
             readers["raw decode, all cores (decode limit)"] = (raw_decode(ds), order)
         if name == "chunk1":
