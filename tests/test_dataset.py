@@ -41,7 +41,8 @@ def test_every_frame_once_local(tmp_path, layout, context):
     served = list(loader(ds, context, collate_fn=CollateWithStats(ds)))
     assert_every_frame_once((batch for batch, _ in served), reference(STORES, FRAMES), FRAMES)
     last = served[-1][1]
-    assert last["chunks_decoded_direct"] > 0, "zarr_torch's own decoders served the workers' batches"
+    served_fast = last["chunks_decoded_direct"] + last["chunks_read_by_zarrs"]
+    assert served_fast > 0, "zarr_torch's own decoders (or zarrs) served the workers' batches"
     assert last["chunks_decoded_by_zarr"] == 0
 
 

@@ -4,7 +4,9 @@ once, decoded straight into the batch where a chunk is a frame, and broken shard
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from checks import CollateWithStats
 from conftest import LAYOUTS, SIZE, reference
 from torch.utils.data import DataLoader
 
@@ -46,25 +49,30 @@ def written(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], **kwarg
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 @pytest.mark.parametrize("length", [0, 5])
-def test_batched_reads_equal_zarr(tmp_path, name, length):
+@pytest.mark.parametrize("zarrs", [False, True])
+def test_batched_reads_equal_zarr(tmp_path, name, length, zarrs):
     write_stores(str(tmp_path / "s"), stores=2, frames=37, size=SIZE, **LAYOUTS[name])
     ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
     specs, _ = ds.index.read_specs()
     rng = np.random.default_rng(0)
     ids, starts = rng.integers(0, len(specs), 40), rng.integers(0, 37 - length, 40)
     before = ds.stats()
-    got = process.run(read.read_items(specs, ids, starts, length))
+    got = process.run(read.read_items(specs, ids, starts, length, zarrs=zarrs))
     for a, s, frame in zip(ids, starts, got, strict=True):
         plain = zarr.open_array(specs[a].uri, path=ARRAY, mode="r")
         np.testing.assert_array_equal(frame, plain[s] if length == 0 else plain[s : s + length])
         assert frame.flags.writeable and frame.flags.c_contiguous
-    assert delta(ds, before, "chunks_decoded_direct") > 0 and delta(ds, before, "chunks_decoded_by_zarr") == 0
+    # zarrs takes frames (not windows) of unsharded one-frame chunks; zarr_torch the rest
+    by_zarrs = zarrs and length == 0 and LAYOUTS[name]["chunk"] == 1 and "shard" not in LAYOUTS[name]
+    assert delta(ds, before, "chunks_read_by_zarrs" if by_zarrs else "chunks_decoded_direct") > 0
+    assert delta(ds, before, "chunks_decoded_direct" if by_zarrs else "chunks_read_by_zarrs") == 0
+    assert delta(ds, before, "chunks_decoded_by_zarr") == 0
     assert len({f.ctypes.data - k * f.nbytes for k, f in enumerate(got)}) == 1, "views of one batch array"
 
 
 def test_chunks_of_one_frame_decode_straight_into_the_batch(tmp_path):
     write_stores(str(tmp_path / "s"), stores=2, frames=9, size=SIZE, chunk=1)
-    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, zarrs=False)
     before = ds.stats()
     batch = ds.__getitems__([3, 12, 3, 17])
     np.testing.assert_array_equal(np.stack(batch), reference(2, 9)[[3, 12, 3, 17]])
@@ -111,7 +119,7 @@ def test_a_chunk_whose_every_item_a_batch_took_is_not_kept(tmp_path):
 
 def test_a_shard_index_is_read_once_and_adjacent_chunks_in_one_range(tmp_path):
     write_stores(str(tmp_path / "s"), stores=1, frames=64, size=SIZE, chunk=1, shard=32)
-    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, zarrs=False)
     before = ds.stats()
     first = ds.__getitems__([*range(8), 40, 41])
     assert delta(ds, before, "shard_indexes_fetched") == 2
@@ -256,6 +264,123 @@ def test_an_absent_shard_reads_as_the_fill_value_or_fails_when_strict(tmp_path):
     assert (ZarrFrameDataset(uri, array=ARRAY)[20].numpy() == 0).all(), "as zarr reads it"
     with pytest.raises(ReadError, match="missing"):
         ZarrFrameDataset(uri, array=ARRAY, strict=True)[20]
+
+
+#: unsharded layouts whose chunks hold one frame, which zarrs reads (zarr_torch.read.compiled).
+ONE_FRAME_LAYOUTS = {
+    "chunk1": {"chunk": 1},
+    "tiles": {"chunk": 1, "tile": 5},
+    "v2-blosc": {"chunk": 1, "codec": "blosc", "zarr_format": 2},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONE_FRAME_LAYOUTS))
+def test_zarrs_reads_frames_of_one_frame_chunks(tmp_path, name):
+    write_stores(str(tmp_path / "s"), stores=2, frames=16, size=SIZE, **ONE_FRAME_LAYOUTS[name])
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
+    picks = [3, 30, 3, 17, 0, 31]
+    before = ds.stats()
+    np.testing.assert_array_equal(torch.stack(ds.__getitems__(picks)).numpy(), reference(2, 16)[picks])
+    tiles = math.ceil(SIZE / 5) ** 2 if name == "tiles" else 1  # edge tiles cut short
+    assert delta(ds, before, "chunks_read_by_zarrs") == len(picks) * tiles
+    assert delta(ds, before, "chunks_decoded_direct") == 0
+
+
+def test_zarrs_absent_chunks_read_as_zarr_reads_them_or_fail_when_strict(tmp_path):
+    """zarrs fills an absent chunk silently: zarr_torch reads such frames again itself."""
+    path = str(tmp_path / "a.zarr")
+    arr = zarr.create_array(
+        path, shape=(8, SIZE, SIZE), chunks=(1, SIZE, SIZE), dtype="float32", fill_value=np.nan
+    )
+    values = np.random.default_rng(0).random((8, SIZE, SIZE), dtype=np.float32)
+    arr[:2], arr[3:] = values[:2], values[3:]  # frame 2 never written: its chunk is absent
+    ds = ZarrFrameDataset(path)
+    before = ds.stats()
+    got = torch.stack(ds.__getitems__([1, 2, 5])).numpy()
+    np.testing.assert_array_equal(got[[0, 2]], values[[1, 5]])
+    assert np.isnan(got[1]).all(), "the fill value, as zarr reads it"
+    assert delta(ds, before, "chunks_read_by_zarrs") == 3 and delta(ds, before, "chunks_absent") == 1
+    with pytest.raises(ReadError, match="missing"):
+        ZarrFrameDataset(path, strict=True).__getitems__([1, 2])
+
+
+def test_zarrs_a_stored_chunk_of_the_fill_value_is_read_again_not_taken_for_absent(tmp_path):
+    path = str(tmp_path / "a.zarr")
+    config = {"write_empty_chunks": True}
+    arr = zarr.create_array(
+        path, shape=(4, SIZE, SIZE, 3), chunks=(1, SIZE, SIZE, 3), dtype="uint8", config=config
+    )
+    values = make_frames(0, 4, SIZE)
+    values[1] = 0  # stored, all of it the fill value
+    arr[...] = values
+    ds = ZarrFrameDataset(path)
+    before = ds.stats()
+    np.testing.assert_array_equal(torch.stack(ds.__getitems__([0, 1, 2])).numpy(), values[:3])
+    assert delta(ds, before, "chunks_read_by_zarrs") == 3
+    assert delta(ds, before, "chunks_decoded_direct") == 1 and delta(ds, before, "chunks_absent") == 0
+
+
+def test_zarrs_failing_leaves_the_batch_to_errors_that_name_the_chunk(tmp_path):
+    uri = write_store(str(tmp_path / "ep.zarr"), 0, [8], size=SIZE, chunk=1)
+    chunk = tmp_path / "ep.zarr" / "data" / "camera0_rgb" / "c" / "5" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    ds = ZarrFrameDataset(uri, array=ARRAY)
+    with pytest.raises(ReadError, match=r"sample 5: array 'data/camera0_rgb' in store .*ep\.zarr.*index 5"):
+        ds.__getitems__([1, 5])
+    before = ds.stats()
+    np.testing.assert_array_equal(torch.stack(ds.__getitems__([1, 2])).numpy(), reference(1, 8)[[1, 2]])
+    assert delta(ds, before, "chunks_read_by_zarrs") == 2
+
+
+class CollateWithPool(CollateWithStats):
+    """Also the size a worker gave zarrs' thread pool."""
+
+    def __call__(self, batch: list[Any]) -> tuple[Any, dict[str, Any]]:
+        collated, stats = super().__call__(batch)
+        return collated, {**stats, "pool": os.environ.get("RAYON_NUM_THREADS")}
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_zarrs_serves_workers_unless_forked_from_a_process_that_loaded_it(tmp_path, context):
+    """rayon's pool does not survive a fork (zarrs-python#171): a worker forked after the
+    parent read with zarrs reads without it, and never hangs."""
+    write_stores(str(tmp_path / "s"), stores=2, frames=16, size=SIZE, chunk=1)
+    # forked workers get the whole pool's budget: only the fork keeps zarrs from them
+    threads = process.available_cores() if context == "fork" else None
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, threads=threads)
+    ds.__getitems__([0, 1])
+    assert "zarrs._internal" in sys.modules, "the parent loaded zarrs"
+    loader = DataLoader(
+        ds,
+        batch_size=8,
+        num_workers=2,
+        multiprocessing_context=multiprocessing.get_context(context),
+        timeout=120,
+        collate_fn=CollateWithPool(ds),
+    )
+    served = list(loader)
+    np.testing.assert_array_equal(torch.cat([b for b, _ in served]).numpy(), reference(2, 16))
+    last = served[-1][1]
+    if context == "fork":
+        assert last["chunks_read_by_zarrs"] == 0 and last["chunks_decoded_direct"] > 0
+    else:
+        assert last["chunks_read_by_zarrs"] > 0 and last["chunks_decoded_direct"] == 0
+        assert last["pool"] == str(max(1, process.available_cores() // 2)), "the worker's budget"
+
+
+def test_zarrs_serves_a_read_only_within_its_thread_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYON_NUM_THREADS", "2")  # the pool zarrs would use
+    write_stores(str(tmp_path / "s"), stores=1, frames=8, size=SIZE, chunk=1)
+    one = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, threads=1)
+    before = one.stats()
+    one.__getitems__([0, 1])
+    assert (
+        delta(one, before, "chunks_read_by_zarrs") == 0 and delta(one, before, "chunks_decoded_direct") == 2
+    )
+    two = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, threads=2)
+    before = two.stats()
+    two.__getitems__([0, 1])
+    assert delta(two, before, "chunks_read_by_zarrs") == 2
 
 
 def test_sharded_reads_on_s3_use_byte_ranges(s3_bucket, s3_options):

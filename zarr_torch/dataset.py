@@ -25,6 +25,7 @@ from zarr_torch.cache import CACHE_BYTES
 from zarr_torch.errors import ReadError, SkipLog
 from zarr_torch.index import SelectionIndex, Source
 from zarr_torch.models import Media, ZarrSelection
+from zarr_torch.read import compiled
 from zarr_torch.storage import RetryPolicy
 
 DatasetSource = SelectionIndex | Source | Sequence[ZarrSelection]
@@ -60,6 +61,9 @@ class ZarrFrameDataset(Dataset):
     Each process keeps decoded chunks in an LRU cache of ``cache_bytes`` (see
     :meth:`stats`). Each ``DataLoader`` worker limits its decode and torch threads to
     ``threads`` (default: cores // workers) so workers do not oversubscribe the cores.
+    Frames of local folder stores whose chunks hold one frame (whole, as tiles, or as
+    the inner chunks of shards) are read by zarrs' Rust reader where it can
+    (:mod:`zarr_torch.read.compiled`); ``zarrs=False`` keeps them on zarr_torch's own.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class ZarrFrameDataset(Dataset):
         retry: RetryPolicy | None = None,
         cache_bytes: int = CACHE_BYTES,
         threads: int | None = None,
+        zarrs: bool = True,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -115,6 +120,7 @@ class ZarrFrameDataset(Dataset):
         self.skips = SkipLog() if on_error == "skip" else None
         self.cache_bytes = cache_bytes
         self.threads = threads
+        self.zarrs = zarrs
         #: names this dataset's own cache in every process (pickled with it to workers).
         self._token = uuid.uuid4().hex
 
@@ -200,7 +206,7 @@ class ZarrFrameDataset(Dataset):
     async def _read(self, index: SelectionIndex, rows: np.ndarray, budget: dict[str, Any]) -> list[Any]:
         """The items (or windows, edge frames repeated) of ``rows``; exceptions in place."""
         (specs, spec_of), lengths = index.read_specs(documents=self.trust_index), rows["length"]
-        options = {"strict": self.strict, "retry": self.retry, **budget}
+        options = {"strict": self.strict, "retry": self.retry, "zarrs": self.zarrs, **budget}
         window = int(lengths.max()) if len(rows) else 0
         ids = spec_of[rows["array"]]
         if window == 0:
@@ -228,7 +234,8 @@ class ZarrFrameDataset(Dataset):
         """This dataset's cache and decode threads in this process (other datasets keep theirs).
 
         In a ``DataLoader`` worker, which exists for this dataset's loader alone, torch's
-        threads follow the budget too; the training process's are never touched.
+        threads and zarrs' pool follow the budget too; the training process's are never
+        touched.
         """
         state = process.process_state()
         threads, worker = self.threads, get_worker_info()
@@ -237,6 +244,7 @@ class ZarrFrameDataset(Dataset):
             if state.torch_threads != threads:
                 torch.set_num_threads(threads)
                 state.torch_threads = threads
+            compiled.size_pool(threads)
         return {"cache": state.cache_for(self._token, self.cache_bytes), "threads": threads}
 
     def stats(self) -> dict[str, float]:

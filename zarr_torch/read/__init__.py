@@ -7,6 +7,8 @@
 - :mod:`.decode`: zarr_torch's own decoders, zarr's pipeline for the rest.
 - :mod:`.assemble`: copying decoded rows into one preallocated batch array.
 - :mod:`.buffers`: the buffers each decode thread reuses for what it reads and decodes.
+- :mod:`.compiled`: the four steps in zarrs' Rust reader, for frames of local folders
+  whose chunks hold one frame; what it cannot vouch for goes the way above.
 - :mod:`.engine`: :func:`read_items`, which runs the four steps for a batch, serving
   decoded chunks from the per-process cache (:mod:`zarr_torch.cache`) when it can.
 

@@ -6,7 +6,9 @@ cache holds, fetches the rest (:mod:`.fetch`), decodes it (:mod:`.decode`) and c
 into one preallocated batch array (:mod:`.assemble`). Local stores are read, decoded and
 assembled on the process's decode threads in one pass; other stores are fetched
 concurrently on the event loop and decoded on those threads as their bytes arrive.
-Chunks whose codecs zarr_torch does not decode go to zarr's pipeline in one call.
+Chunks whose codecs zarr_torch does not decode go to zarr's pipeline in one call. Frames
+of local folders whose chunks hold one frame go to zarrs' Rust reader first
+(:mod:`.compiled`), and only what it leaves takes the steps above.
 
     frames = run(read_items(specs, array_ids=np.array([0, 0, 1]), starts=np.array([4, 9, 0])))
 """
@@ -30,6 +32,7 @@ from zarr.errors import NodeNotFoundError
 
 from zarr_torch.cache import ChunkCache
 from zarr_torch.process import process_state
+from zarr_torch.read import compiled
 from zarr_torch.read.assemble import fill, scatter
 from zarr_torch.read.buffers import scratch
 from zarr_torch.read.decode import decode_with_zarr
@@ -53,6 +56,7 @@ async def read_items(
     retry: RetryPolicy | None = None,
     cache: ChunkCache | None = None,
     threads: int | None = None,
+    zarrs: bool = True,
 ) -> list[np.ndarray | BaseException]:
     """Item ``starts[k]`` (or the window of ``length`` rows there) of array
     ``specs[array_ids[k]]`` for every ``k``, in order; a failed item's place holds its
@@ -60,7 +64,8 @@ async def read_items(
     :class:`ArraySpec` with a metadata document opens its array with no request.
 
     ``cache`` and ``threads`` are the caller's budget (a dataset's own); by default the
-    process's shared cache and one decode thread per core.
+    process's shared cache and one decode thread per core. With ``zarrs``, zarrs reads
+    the arrays it can (see :mod:`.compiled`).
     """
     state = process_state()
     budget = _Budget(state.cache if cache is None else cache, threads or state.decode_threads)
@@ -86,8 +91,10 @@ async def read_items(
             for layout, m, batch in zip(layouts, members, batches, strict=True)
             if layout is not None
         ]
-        await asyncio.gather(*(r.prepare() for r in reads))
         started = time.perf_counter()
+        if zarrs:
+            await _run_compiled(reads, budget)
+        await asyncio.gather(*(r.prepare() for r in reads))
         local = [r for r in reads if r.local]
         await asyncio.gather(_run_local(local, budget), *(r.run_remote() for r in reads if not r.local))
         await asyncio.gather(*(r.check_absent() for r in reads))
@@ -283,6 +290,18 @@ def _layout_of_meta(meta: Any) -> str:
     """An array's metadata without its attributes: what decides where its chunks are."""
     doc = {k: v for k, v in meta.to_dict().items() if k != "attributes"}
     return json.dumps(doc, sort_keys=True, default=str)
+
+
+async def _run_compiled(reads: list[_ArrayRead], budget: _Budget) -> None:
+    """Read what zarrs can of these arrays (see :mod:`.compiled`) on a decode thread, which
+    waits for zarrs' own; each read is left with the items zarrs did not read for sure."""
+    reads = [r for r in reads if compiled.usable(r.layout, r.span, budget.threads)]
+    if not reads:
+        return
+    arrays = [(r.layout, r.positions, r.starts, r.batch[:, 0]) for r in reads]
+    lefts = await asyncio.get_running_loop().run_in_executor(budget.pool, compiled.read, arrays)
+    for r, left in zip(reads, lefts, strict=True):
+        r.positions, r.starts = r.positions[left], r.starts[left]
 
 
 async def _run_local(reads: list[_ArrayRead], budget: _Budget) -> None:

@@ -1,0 +1,204 @@
+"""Compiled: a batch's one-frame chunks of local folder arrays read by zarrs' Rust reader.
+
+zarrs (the Rust Zarr library behind zarr's ``zarrs`` codec pipeline) reads, decodes and
+places a list of chunks into one array on its own threads, the GIL released: for spatial
+tiles it is well ahead of zarr_torch's own decoders, for one-frame chunks a little
+(``benchmarks/RESULTS.md``). zarr_torch hands it the chunks it can take: frames (not
+windows, not planes over several leading axes) of unsharded arrays in local folders whose
+chunks hold one frame, whole or as tiles, with a codec chain zarr_torch decodes too.
+Sharded arrays stay with zarr_torch's own decoders, which keep each shard's index for the
+process: they read the benchmark's shards a few percent faster than zarrs does.
+
+Three things zarrs does not do, zarr_torch keeps doing around it:
+
+- zarrs fills an absent chunk with the fill value, silently. So a frame that holds a
+  chunk all fill value after zarrs read it is read again by zarr_torch's own decoders,
+  which tell an absent chunk from a stored one (the fill value once the array's metadata
+  is checked again, or ``MissingChunkError`` when strict). A chunk is looked at whole
+  only when its first element is the fill value.
+- zarrs' error names neither the chunk nor the frame: an array whose read fails is read
+  again by zarr_torch's own decoders, whose errors do.
+- rayon's thread pool does not survive a fork (zarrs-python#171): a process forked from
+  one that had loaded zarrs never uses it. zarrs' pool serves the whole process, so a
+  read uses it only when its thread budget covers the pool; a ``DataLoader`` worker sizes
+  it to the worker's budget before loading zarrs (see :func:`size_pool`).
+
+    if usable(layout, span, threads):
+        [left] = read([(layout, positions, starts, frames)])   # the items still to read
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import sys
+from typing import Any, NamedTuple
+
+import numpy as np
+from zarr.storage import LocalStore
+
+from zarr_torch.process import available_cores, process_state
+from zarr_torch.read.files import FolderFiles
+from zarr_torch.read.layout import Layout
+from zarr_torch.read.plan import tiles_of
+
+#: the extension module of zarrs, loaded at first use.
+MODULE = "zarrs._internal"
+#: the environment variable rayon sizes its pool by, when the pool is made.
+POOL_VARIABLE = "RAYON_NUM_THREADS"
+
+_forked_after_load = False
+
+
+def _after_fork() -> None:
+    global _forked_after_load
+    _forked_after_load = _forked_after_load or MODULE in sys.modules
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def pool_threads() -> int:
+    """The threads of zarrs' pool in this process: ``RAYON_NUM_THREADS``, else one a core."""
+    try:
+        return int(os.environ.get(POOL_VARIABLE, "")) or available_cores()  # rayon: 0 is the default
+    except ValueError:
+        return available_cores()
+
+
+def size_pool(threads: int) -> None:
+    """Make zarrs' pool ``threads`` threads, when zarrs is not loaded yet in this process
+    and the environment does not size it already (a ``DataLoader`` worker, at its first
+    batch, as it sets torch's threads)."""
+    if MODULE not in sys.modules and POOL_VARIABLE not in os.environ:
+        os.environ[POOL_VARIABLE] = str(threads)
+
+
+def usable(layout: Layout, span: int, threads: int) -> bool:
+    """Whether zarrs reads this array's chunks for a read of items of ``span`` rows on
+    ``threads`` decode threads."""
+    return (
+        span == 1
+        and layout.item_axes == 1
+        and layout.chunk[0] == 1
+        and layout.shard is None
+        and isinstance(layout.files, FolderFiles)
+        and layout.decoder is not None
+        and not _forked_after_load
+        and threads >= pool_threads()
+        and _reader(layout) is not None
+    )
+
+
+def _reader(layout: Layout) -> _Reader | None:
+    """zarrs' reader of ``layout``'s array, made once per process and shared by every array
+    of the same metadata (it reads any folder's keys, from the file system's root); None
+    when zarrs is not installed or cannot read the array (its metadata, codecs or data
+    type)."""
+    readers = process_state().compiled
+    if layout.name not in readers:
+        try:
+            document = json.dumps(layout.meta.to_dict())
+        except (TypeError, ValueError):
+            document = None
+        if document not in readers:
+            readers[document] = _make(document, layout)
+        readers[layout.name] = readers[document]
+    return readers[layout.name]
+
+
+def _make(document: str | None, layout: Layout) -> _Reader | None:
+    try:
+        zarrs = importlib.import_module(MODULE)
+        reader = zarrs.CodecPipelineImpl(document, LocalStore("/", read_only=True), validate_checksums=True)
+        zarrs.ChunkItem("c/0", [slice(0, 1)], [1], [slice(0, 1)], [1])  # the API this module speaks
+    except Exception:  # not installed, another API, or an array zarrs does not read
+        return None
+    return _Reader(zarrs.ChunkItem, reader, _parts(layout))
+
+
+class _Reader(NamedTuple):
+    item: Any
+    reader: Any
+    #: each chunk of a frame: its grid coordinates past the first axis, its part that the
+    #: frame shows, and its place in the frame
+    parts: list[tuple[tuple[int, ...], list[slice], list[slice]]]
+
+
+def _parts(layout: Layout) -> list[tuple[tuple[int, ...], list[slice], list[slice]]]:
+    return [(coords, list(src_region), list(region)) for coords, region, src_region in tiles_of(layout)]
+
+
+def read(arrays: list[tuple[Layout, np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """Read, for each (layout, positions, starts, frames) of ``arrays``, frames ``starts``
+    into batch items ``positions`` of ``frames`` with zarrs; return which items of each are
+    left to read otherwise (a mask over its ``positions``): every one when zarrs failed,
+    else those with a chunk all fill value, which may be absent.
+
+    Arrays of one metadata into one batch array are read in one call. Every chunk list is
+    made before zarrs starts and every check done after it is through: its threads keep
+    the cores busy a while after each call.
+    """
+    calls: dict[tuple[int, int], list[int]] = {}
+    for k, (layout, _, _, frames) in enumerate(arrays):
+        calls.setdefault((id(_reader(layout)), frames.ctypes.data), []).append(k)
+    lists = [_items(layout, positions, starts, frames.shape) for layout, positions, starts, frames in arrays]
+    done = []
+    for members in calls.values():
+        layout, _, _, frames = arrays[members[0]]
+        items = [item for k in members for item in lists[k]]
+        try:
+            _reader(layout).reader.retrieve_chunks_and_apply_index(items, frames)
+        except Exception:
+            continue
+        done.append(members)
+        process_state().stats.add(
+            chunks_fetched=len(items),
+            chunks_read_by_zarrs=len(items),
+            bytes_decoded=len(items) * math.prod(layout.chunk) * layout.dtype.itemsize,
+        )
+    lefts = [np.ones(len(positions), dtype=bool) for _, positions, _, _ in arrays]
+    for members in done:
+        layout, _, _, frames = arrays[members[0]]
+        left = _maybe_absent(layout, np.concatenate([arrays[k][1] for k in members]), frames)
+        for k, part in zip(
+            members, np.split(left, np.cumsum([len(arrays[k][1]) for k in members])[:-1]), strict=True
+        ):
+            lefts[k] = part
+    return lefts
+
+
+def _items(layout: Layout, positions: np.ndarray, starts: np.ndarray, shape: tuple[int, ...]) -> list[Any]:
+    """zarrs' description of every chunk of frames ``starts`` and where it goes: the chunk
+    by its path from the file system's root, its part that the frame shows, and that
+    part's place in the batch."""
+    zarrs = _reader(layout)
+    assert zarrs is not None and isinstance(layout.files, FolderFiles)
+    root = os.path.abspath(layout.files.root).lstrip("/") + "/"
+    chunk = list(layout.chunk)
+    return [
+        zarrs.item(
+            root + layout.store_key((s, *coords)),
+            [slice(0, 1), *within],
+            chunk,
+            [slice(p, p + 1), *region],
+            shape,
+        )
+        for p, s in zip(positions.tolist(), starts.tolist(), strict=True)
+        for coords, within, region in zarrs.parts
+    ]
+
+
+def _maybe_absent(layout: Layout, positions: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Which items have a chunk whose every element is the fill value (or NaN): zarrs fills
+    an absent chunk or shard so, silently. Only chunks that start so are looked at whole."""
+    fill, parts = layout.fill_value, _reader(layout).parts
+    corners = [np.array([region[d].start for _, _, region in parts]) for d in range(frames.ndim - 1)]
+    first = frames[(positions[:, None], *(c[None, :] for c in corners))]  # items x chunks
+    left = np.zeros(len(positions), dtype=bool)
+    for k, t in zip(*np.nonzero((first == fill) | (first != first)), strict=True):
+        part = frames[(positions[k], *parts[t][2])]
+        left[k] |= bool(((part == fill) | (part != part)).all())
+    return left
