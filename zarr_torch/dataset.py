@@ -61,9 +61,9 @@ class ZarrFrameDataset(Dataset):
     Each process keeps decoded chunks in an LRU cache of ``cache_bytes`` (see
     :meth:`stats`). Each ``DataLoader`` worker limits its decode and torch threads to
     ``threads`` (default: cores // workers) so workers do not oversubscribe the cores.
-    Frames of local folder stores whose chunks hold one frame (whole, as tiles, or as
-    the inner chunks of shards) are read by zarrs' Rust reader where it can
-    (:mod:`zarr_torch.read.compiled`); ``zarrs=False`` keeps them on zarr_torch's own.
+    Frames of unsharded arrays in local folders whose chunks hold one frame (whole or as
+    tiles) are read by zarrs' Rust reader where it can (:mod:`zarr_torch.read.compiled`);
+    ``zarrs=False`` keeps them on zarr_torch's own decoders.
     """
 
     def __init__(

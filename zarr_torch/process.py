@@ -73,7 +73,8 @@ class ProcessState:
     metadata: dict[bytes, Any] = field(default_factory=dict)
     #: how each open array is laid out (see :mod:`zarr_torch.read.layout`), by array key.
     layouts: dict[Any, Any] = field(default_factory=dict)
-    #: zarrs' readers of local arrays (see :mod:`zarr_torch.read.compiled`), by array.
+    #: zarrs' readers of local arrays (see :mod:`zarr_torch.read.compiled`), by array and
+    #: by metadata document: arrays of one metadata share one.
     compiled: dict[Hashable, Any] = field(default_factory=dict)
     #: decoded shard indexes, by (array key, shard coordinates).
     shard_indexes: ChunkCache = field(default_factory=lambda: ChunkCache(SHARD_INDEX_BYTES))
