@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import json
 import os
 import platform
@@ -68,6 +67,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from zarr_torch import ChunkAwareSampler, ZarrFrameDataset, process
+from zarr_torch.read.plan import tiles
 from zarr_torch.sampling import AheadBatch
 from zarr_torch.stores import make_store
 from zarr_torch.synth import make_frames, write_stores, zip_store
@@ -151,15 +151,8 @@ def zarrs_engine_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -
     ]
     first = arrays[0]
     outer = first.shards or first.chunks  # zarrs reads a sharded array by its shards
-    # each tile of a frame: its grid coordinates, its part of the chunk, its place in the frame
-    tiles = []
-    for tile in itertools.product(
-        *(range(-(-n // c)) for n, c in zip(first.shape[1:], outer[1:], strict=True))
-    ):
-        lo = [t * c for t, c in zip(tile, outer[1:], strict=True)]
-        sizes = [min(c, n - a) for a, c, n in zip(lo, outer[1:], first.shape[1:], strict=True)]
-        within = [slice(0, n) for n in sizes]
-        tiles.append((tile, within, [slice(a, a + n) for a, n in zip(lo, sizes, strict=True)]))
+    # each tile of a frame: its grid coordinates, its place in the frame, its part of the chunk
+    parts = tiles(tuple(first.shape[1:]), tuple(outer[1:]))
     keys = functools.cache(lambda coords: f"{ARRAY}/{first.metadata.encode_chunk_key(coords)}")
 
     for batch in batches(order):
@@ -176,7 +169,7 @@ def zarrs_engine_reads(ds: ZarrFrameDataset, order: np.ndarray, options: dict) -
                     got.shape,
                 )
                 for k, frame in zip(members.tolist(), rows["start"][members].tolist(), strict=True)
-                for tile, within, place in tiles
+                for tile, place, within in parts
             ]
             impls[int(a)].retrieve_chunks_and_apply_index(chunks, got)
         yield got

@@ -82,7 +82,9 @@ def one_frame_chunks(layout: Layout, span: int) -> bool:
 
 
 @functools.cache
-def _tiles(shape: tuple[int, ...], chunk: tuple[int, ...]) -> tuple:
+def tiles(shape: tuple[int, ...], chunk: tuple[int, ...]) -> tuple:
+    """(grid coordinates, region of ``shape``, region of the chunk) of every chunk of a
+    grid of ``chunk`` over ``shape``, the last ones cut short at its edges."""
     axes = []
     for n, c in zip(shape, chunk, strict=True):
         axes.append(
@@ -96,4 +98,4 @@ def _tiles(shape: tuple[int, ...], chunk: tuple[int, ...]) -> tuple:
 
 def tiles_of(layout: Layout) -> tuple:
     """(grid coordinates, batch region, chunk region) of every tile of a frame."""
-    return _tiles(layout.item_shape, layout.chunk[layout.item_axes :])
+    return tiles(layout.item_shape, layout.chunk[layout.item_axes :])
