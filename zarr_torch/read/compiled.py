@@ -193,12 +193,17 @@ def _items(layout: Layout, positions: np.ndarray, starts: np.ndarray, shape: tup
 
 def _maybe_absent(layout: Layout, positions: np.ndarray, frames: np.ndarray) -> np.ndarray:
     """Which items have a chunk whose every element is the fill value (or NaN): zarrs fills
-    an absent chunk or shard so, silently. Only chunks that start so are looked at whole."""
+    an absent chunk so, silently. Only chunks that start so are looked at whole."""
     fill, parts = layout.fill_value, _reader(layout).parts
     corners = [np.array([region[d].start for _, _, region in parts]) for d in range(frames.ndim - 1)]
     first = frames[(positions[:, None], *(c[None, :] for c in corners))]  # items x chunks
     left = np.zeros(len(positions), dtype=bool)
-    for k, t in zip(*np.nonzero((first == fill) | (first != first)), strict=True):
-        part = frames[(positions[k], *parts[t][2])]
-        left[k] |= bool(((part == fill) | (part != part)).all())
+    for k, t in zip(*np.nonzero(_filled(first, fill)), strict=True):
+        left[k] |= bool(_filled(frames[(positions[k], *parts[t][2])], fill).all())
     return left
+
+
+def _filled(values: np.ndarray, fill: Any) -> np.ndarray:
+    """Where ``values`` may be what zarrs fills an absent chunk with: the fill value, or
+    any NaN (a NaN fill value equals nothing, itself included)."""
+    return (values == fill) | (values != values)
