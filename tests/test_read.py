@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -340,16 +341,22 @@ class CollateWithPool(CollateWithStats):
         return collated, {**stats, "pool": os.environ.get("RAYON_NUM_THREADS")}
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_zarrs_serves_workers_unless_forked_from_a_process_that_loaded_it(tmp_path, context):
-    """rayon's pool does not survive a fork (zarrs-python#171): a worker forked after the
-    parent read with zarrs reads without it, and never hangs."""
-    write_stores(str(tmp_path / "s"), stores=2, frames=16, size=SIZE, chunk=1)
-    # forked workers get the whole pool's budget: only the fork keeps zarrs from them
-    threads = process.available_cores() if context == "fork" else None
-    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, threads=threads)
-    ds.__getitems__([0, 1])
-    assert "zarrs._internal" in sys.modules, "the parent loaded zarrs"
+def load_in_workers(root: str, context: str, parent: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """In this (fresh) process: ``parent`` reads a frame of ``root`` (``"zarr"``, which
+    loads zarrs with its codec pipelines; ``"zarr with zarrs"``, zarr with zarrs as its
+    codec pipeline; or ``"zarr_torch"``), then a ``DataLoader`` with two ``context``
+    workers reads ``root``: every frame, and the last worker's stats and zarrs' pool."""
+    store = f"{root}/episode_00000.zarr"
+    pipeline = "zarrs.ZarrsCodecPipeline" if parent == "zarr with zarrs" else None
+    with zarr.config.set({"codec_pipeline.path": pipeline or zarr.config.get("codec_pipeline.path")}):
+        zarr.open_array(store, path=ARRAY, mode="r")[0]
+    assert "zarrs._internal" in sys.modules, "zarr loaded zarrs"
+    # a worker forked from a process that made zarrs' pool gets the whole pool's budget:
+    # only the fork keeps zarrs from it
+    made = context == "fork" and parent != "zarr"
+    ds = ZarrFrameDataset(root, array=ARRAY, threads=process.available_cores() if made else None)
+    if parent == "zarr_torch":
+        ds.__getitems__([0, 1])
     loader = DataLoader(
         ds,
         batch_size=8,
@@ -359,13 +366,35 @@ def test_zarrs_serves_workers_unless_forked_from_a_process_that_loaded_it(tmp_pa
         collate_fn=CollateWithPool(ds),
     )
     served = list(loader)
-    np.testing.assert_array_equal(torch.cat([b for b, _ in served]).numpy(), reference(2, 16))
-    last = served[-1][1]
-    if context == "fork":
-        assert last["chunks_read_by_zarrs"] == 0 and last["chunks_decoded_direct"] > 0
-    else:
+    return torch.cat([b for b, _ in served]).numpy(), served[-1][1]
+
+
+@pytest.mark.parametrize(
+    ("context", "parent", "by_zarrs"),
+    [
+        ("fork", "zarr", True),
+        ("fork", "zarr_torch", False),
+        ("fork", "zarr with zarrs", False),
+        ("spawn", "zarr_torch", True),
+    ],
+)
+def test_zarrs_serves_workers_unless_forked_from_a_process_that_made_its_pool(
+    tmp_path, context, parent, by_zarrs
+):
+    """rayon's pool, made with zarrs' first reader, does not survive a fork
+    (zarrs-python#171): a worker forked after the parent made it (reading with zarr_torch,
+    or with zarr's zarrs codec pipeline: the probe finds it dead) reads without zarrs, and
+    never hangs; a worker forked from a parent that only loaded zarrs, or spawned, reads
+    with it."""
+    write_stores(str(tmp_path / "s"), stores=2, frames=16, size=SIZE, chunk=1)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+        frames, last = fresh.submit(load_in_workers, str(tmp_path / "s"), context, parent).result(timeout=300)
+    np.testing.assert_array_equal(frames, reference(2, 16))
+    if by_zarrs:
         assert last["chunks_read_by_zarrs"] > 0 and last["chunks_decoded_direct"] == 0
         assert last["pool"] == str(max(1, process.available_cores() // 2)), "the worker's budget"
+    else:
+        assert last["chunks_read_by_zarrs"] == 0 and last["chunks_decoded_direct"] > 0
 
 
 def test_zarrs_serves_a_read_only_within_its_thread_budget(tmp_path, monkeypatch):

@@ -18,10 +18,16 @@ Three things zarrs does not do, zarr_torch keeps doing around it:
   only when its first element is the fill value.
 - zarrs' error names neither the chunk nor the frame: an array whose read fails is read
   again by zarr_torch's own decoders, whose errors do.
-- rayon's thread pool does not survive a fork (zarrs-python#171): a process forked from
-  one that had loaded zarrs never uses it. zarrs' pool serves the whole process, so a
-  read uses it only when its thread budget covers the pool; a ``DataLoader`` worker sizes
-  it to the worker's budget before loading zarrs (see :func:`size_pool`).
+- rayon's thread pool, made with zarrs' first reader, does not survive a fork
+  (zarrs-python#171): a child's reads never run. Loading zarrs does not make the pool
+  (zarr loads it with its codec pipelines), so a process forked from one that had loaded
+  zarrs never uses it if zarr_torch made the pool there, and otherwise asks once whether
+  the pool runs (zarr's ``zarrs`` codec pipeline may have made it): it reads two absent
+  chunks on it, waiting at most :data:`PROBE_SECONDS`, and uses zarrs only if they were
+  read. So a ``DataLoader`` worker forked from a training process that read nothing with
+  zarrs uses it. zarrs' pool serves
+  the whole process, so a read uses it only when its thread budget covers the pool; a
+  worker sizes it to the worker's budget before making it (see :func:`size_pool`).
 
     if usable(layout, span, threads):
         [left] = read([(layout, positions, starts, frames)])   # the items still to read
@@ -34,6 +40,8 @@ import json
 import math
 import os
 import sys
+import tempfile
+import threading
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -49,12 +57,36 @@ MODULE = "zarrs._internal"
 #: the environment variable rayon sizes its pool by, when the pool is made.
 POOL_VARIABLE = "RAYON_NUM_THREADS"
 
+#: the longest a forked process waits to learn whether zarrs' pool runs (a pool that runs
+#: reads the probe in milliseconds).
+PROBE_SECONDS = 5.0
+#: what the probe reads: an array of two one-byte chunks, from an empty folder.
+_PROBE = json.dumps(
+    {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": [2],
+        "data_type": "uint8",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": [{"name": "bytes"}],
+        "attributes": {},
+    }
+)
+
+#: whether this process was forked from one that had loaded zarrs (its pool may be dead)
 _forked_after_load = False
+#: whether zarrs' pool runs in this process (None: not known to fail, nor asked)
+_pool_runs: bool | None = None
+#: whether this process, or one it was forked from, made zarrs' pool (the probe makes it)
+_pool_made = False
 
 
 def _after_fork() -> None:
-    global _forked_after_load
-    _forked_after_load = _forked_after_load or MODULE in sys.modules
+    global _forked_after_load, _pool_runs
+    # a pool this process (or one before it) made is dead; another's is asked about
+    _forked_after_load, _pool_runs = MODULE in sys.modules, False if _pool_made else None
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -69,10 +101,10 @@ def pool_threads() -> int:
 
 
 def size_pool(threads: int) -> None:
-    """Make zarrs' pool ``threads`` threads, when zarrs is not loaded yet in this process
-    and the environment does not size it already (a ``DataLoader`` worker, at its first
-    batch, as it sets torch's threads)."""
-    if MODULE not in sys.modules and POOL_VARIABLE not in os.environ:
+    """Make zarrs' pool ``threads`` threads, when this process has not made it yet and the
+    environment does not size it already (a ``DataLoader`` worker, at its first batch, as
+    it sets torch's threads)."""
+    if not _pool_made and POOL_VARIABLE not in os.environ:
         os.environ[POOL_VARIABLE] = str(threads)
 
 
@@ -86,10 +118,40 @@ def usable(layout: Layout, span: int, threads: int) -> bool:
         and layout.shard is None
         and isinstance(layout.files, FolderFiles)
         and layout.decoder is not None
-        and not _forked_after_load
         and threads >= pool_threads()
+        and pool_runs()
         and _reader(layout) is not None
     )
+
+
+def pool_runs() -> bool:
+    """Whether zarrs' pool runs work in this process. A fork loses the pool's threads: in a
+    process forked from one where zarr_torch made the pool, never; forked from one that
+    only had zarrs loaded (zarr's ``zarrs`` codec pipeline may have made it), the probe
+    reads on the pool, once (a dead pool keeps the probe's thread blocked for good; it
+    holds nothing)."""
+    global _pool_runs, _pool_made
+    if _pool_runs is None and _forked_after_load:
+        _pool_made, done, ran = True, threading.Event(), []
+        with tempfile.TemporaryDirectory(prefix="zarr_torch_probe_") as empty:
+            threading.Thread(target=_probe, args=(empty, done, ran), daemon=True, name="zarrs probe").start()
+            done.wait(PROBE_SECONDS)
+        _pool_runs = bool(ran)
+    return _pool_runs is not False
+
+
+def _probe(folder: str, done: threading.Event, ran: list[bool]) -> None:
+    """Read the probe's two absent chunks from ``folder`` on zarrs' pool; note it in ``ran``."""
+    try:
+        zarrs = importlib.import_module(MODULE)
+        reader = zarrs.CodecPipelineImpl(_PROBE, LocalStore(folder, read_only=True))
+        items = [zarrs.ChunkItem(f"c/{k}", [slice(0, 1)], [1], [slice(k, k + 1)], [2]) for k in (0, 1)]
+        reader.retrieve_chunks_and_apply_index(items, np.empty(2, np.uint8))
+        ran.append(True)
+    except Exception:  # zarrs cannot read here: not used
+        pass
+    finally:
+        done.set()
 
 
 def _reader(layout: Layout) -> _Reader | None:
@@ -110,6 +172,8 @@ def _reader(layout: Layout) -> _Reader | None:
 
 
 def _make(document: str | None, layout: Layout) -> _Reader | None:
+    global _pool_made
+    _pool_made = True
     try:
         zarrs = importlib.import_module(MODULE)
         reader = zarrs.CodecPipelineImpl(document, LocalStore("/", read_only=True), validate_checksums=True)
