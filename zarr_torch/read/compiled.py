@@ -15,7 +15,7 @@ Three things zarrs does not do, zarr_torch keeps doing around it:
   chunk all fill value after zarrs read it is read again by zarr_torch's own decoders,
   which tell an absent chunk from a stored one (the fill value once the array's metadata
   is checked again, or ``MissingChunkError`` when strict). A chunk is looked at whole
-  only when its first element is the fill value.
+  only when its first element, and a sample of it, are the fill value.
 - zarrs' error names neither the chunk nor the frame: an array whose read fails is read
   again by zarr_torch's own decoders, whose errors do.
 - rayon's thread pool, made with zarrs' first reader, does not survive a fork
@@ -57,6 +57,10 @@ MODULE = "zarrs._internal"
 #: the environment variable rayon sizes its pool by, when the pool is made.
 POOL_VARIABLE = "RAYON_NUM_THREADS"
 
+#: the step, along each axis, of the sample of a chunk that starts with the fill value,
+#: looked at before the whole chunk (frames with a dark corner start so; 1,024 elements of
+#: a 224x224 frame).
+SAMPLE_STEP = 7
 #: the longest a forked process waits to learn whether zarrs' pool runs (a pool that runs
 #: reads the probe in milliseconds).
 PROBE_SECONDS = 5.0
@@ -79,21 +83,25 @@ _PROBE = json.dumps(
 _forked_after_load = False
 #: whether zarrs' pool runs in this process (None: not known to fail, nor asked)
 _pool_runs: bool | None = None
-#: whether this process, or one it was forked from, made zarrs' pool (the probe makes it)
-_pool_made = False
+#: the threads of zarrs' pool, once this process or one it was forked from made it (the
+#: probe makes it too); None before
+_pool_size: int | None = None
 
 
 def _after_fork() -> None:
     global _forked_after_load, _pool_runs
     # a pool this process (or one before it) made is dead; another's is asked about
-    _forked_after_load, _pool_runs = MODULE in sys.modules, False if _pool_made else None
+    _forked_after_load, _pool_runs = MODULE in sys.modules, None if _pool_size is None else False
 
 
 os.register_at_fork(after_in_child=_after_fork)
 
 
 def pool_threads() -> int:
-    """The threads of zarrs' pool in this process: ``RAYON_NUM_THREADS``, else one a core."""
+    """The threads of zarrs' pool in this process: as many as it was made with; before
+    that, ``RAYON_NUM_THREADS``, else one a core."""
+    if _pool_size is not None:
+        return _pool_size
     try:
         return int(os.environ.get(POOL_VARIABLE, "")) or available_cores()  # rayon: 0 is the default
     except ValueError:
@@ -104,7 +112,7 @@ def size_pool(threads: int) -> None:
     """Make zarrs' pool ``threads`` threads, when this process has not made it yet and the
     environment does not size it already (a ``DataLoader`` worker, at its first batch, as
     it sets torch's threads)."""
-    if not _pool_made and POOL_VARIABLE not in os.environ:
+    if _pool_size is None and POOL_VARIABLE not in os.environ:
         os.environ[POOL_VARIABLE] = str(threads)
 
 
@@ -130,9 +138,10 @@ def pool_runs() -> bool:
     only had zarrs loaded (zarr's ``zarrs`` codec pipeline may have made it), the probe
     reads on the pool, once (a dead pool keeps the probe's thread blocked for good; it
     holds nothing)."""
-    global _pool_runs, _pool_made
+    global _pool_runs
     if _pool_runs is None and _forked_after_load:
-        _pool_made, done, ran = True, threading.Event(), []
+        _made_pool()
+        done, ran = threading.Event(), []
         with tempfile.TemporaryDirectory(prefix="zarr_torch_probe_") as empty:
             threading.Thread(target=_probe, args=(empty, done, ran), daemon=True, name="zarrs probe").start()
             done.wait(PROBE_SECONDS)
@@ -154,6 +163,12 @@ def _probe(folder: str, done: threading.Event, ran: list[bool]) -> None:
         done.set()
 
 
+def _made_pool() -> None:
+    global _pool_size
+    if _pool_size is None:
+        _pool_size = pool_threads()
+
+
 def _reader(layout: Layout) -> _Reader | None:
     """zarrs' reader of ``layout``'s array, made once per process and shared by every array
     of the same metadata (it reads any folder's keys, from the file system's root); None
@@ -172,8 +187,7 @@ def _reader(layout: Layout) -> _Reader | None:
 
 
 def _make(document: str | None, layout: Layout) -> _Reader | None:
-    global _pool_made
-    _pool_made = True
+    _made_pool()
     try:
         zarrs = importlib.import_module(MODULE)
         reader = zarrs.CodecPipelineImpl(document, LocalStore("/", read_only=True), validate_checksums=True)
@@ -257,13 +271,16 @@ def _items(layout: Layout, positions: np.ndarray, starts: np.ndarray, shape: tup
 
 def _maybe_absent(layout: Layout, positions: np.ndarray, frames: np.ndarray) -> np.ndarray:
     """Which items have a chunk whose every element is the fill value (or NaN): zarrs fills
-    an absent chunk so, silently. Only chunks that start so are looked at whole."""
+    an absent chunk so, silently. Only chunks that start so, and whose sample (every
+    :data:`SAMPLE_STEP`-th element along each axis) is so too, are looked at whole."""
     fill, parts = layout.fill_value, _reader(layout).parts
     corners = [np.array([region[d].start for _, _, region in parts]) for d in range(frames.ndim - 1)]
     first = frames[(positions[:, None], *(c[None, :] for c in corners))]  # items x chunks
     left = np.zeros(len(positions), dtype=bool)
     for k, t in zip(*np.nonzero(_filled(first, fill)), strict=True):
-        left[k] |= bool(_filled(frames[(positions[k], *parts[t][2])], fill).all())
+        chunk = frames[(positions[k], *parts[t][2])]
+        sample = chunk[(slice(None, None, SAMPLE_STEP),) * chunk.ndim]
+        left[k] |= bool(_filled(sample, fill).all() and _filled(chunk, fill).all())
     return left
 
 
