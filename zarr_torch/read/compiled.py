@@ -25,9 +25,9 @@ Three things zarrs does not do, zarr_torch keeps doing around it:
   the pool runs (zarr's ``zarrs`` codec pipeline may have made it): it reads two absent
   chunks on it, waiting at most :data:`PROBE_SECONDS`, and uses zarrs only if they were
   read. So a ``DataLoader`` worker forked from a training process that read nothing with
-  zarrs uses it. zarrs' pool serves
-  the whole process, so a read uses it only when its thread budget covers the pool; a
-  worker sizes it to the worker's budget before making it (see :func:`size_pool`).
+  zarrs uses it. zarrs' pool serves the whole process, so a read uses it only when its
+  thread budget covers the pool; a worker sizes it to the worker's budget before making
+  it (see :func:`size_pool`).
 
     if usable(layout, span, threads):
         [left] = read([(layout, positions, starts, frames)])   # the items still to read
