@@ -79,19 +79,18 @@ _PROBE = json.dumps(
     }
 )
 
-#: whether this process was forked from one that had loaded zarrs (its pool may be dead)
-_forked_after_load = False
-#: whether zarrs' pool runs in this process (None: not known to fail, nor asked)
-_pool_runs: bool | None = None
+#: whether zarrs' pool runs in this process (None: forked from a process that had loaded
+#: zarrs, not asked yet)
+_pool_runs: bool | None = True
 #: the threads of zarrs' pool, once this process or one it was forked from made it (the
 #: probe makes it too); None before
 _pool_size: int | None = None
 
 
 def _after_fork() -> None:
-    global _forked_after_load, _pool_runs
+    global _pool_runs
     # a pool this process (or one before it) made is dead; another's is asked about
-    _forked_after_load, _pool_runs = MODULE in sys.modules, None if _pool_size is None else False
+    _pool_runs = False if _pool_size is not None else None if MODULE in sys.modules else True
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -139,14 +138,14 @@ def pool_runs() -> bool:
     reads on the pool, once (a dead pool keeps the probe's thread blocked for good; it
     holds nothing)."""
     global _pool_runs
-    if _pool_runs is None and _forked_after_load:
+    if _pool_runs is None:
         _made_pool()
         done, ran = threading.Event(), []
         with tempfile.TemporaryDirectory(prefix="zarr_torch_probe_") as empty:
             threading.Thread(target=_probe, args=(empty, done, ran), daemon=True, name="zarrs probe").start()
             done.wait(PROBE_SECONDS)
         _pool_runs = bool(ran)
-    return _pool_runs is not False
+    return _pool_runs
 
 
 def _probe(folder: str, done: threading.Event, ran: list[bool]) -> None:
