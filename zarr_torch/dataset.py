@@ -9,7 +9,6 @@ the arrays it reads lazily, once (see :mod:`zarr_torch.process`).
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -160,7 +159,7 @@ class ZarrFrameDataset(Dataset):
         idx = self._check(indices)
         keys = list(self.indexes)
         ahead = [self._check(b) for b in getattr(indices, "ahead", ())]  # see ReadAheadBatches
-        reads = process.run(self._read_all(idx, self._budget(), ahead))
+        reads = self._read_all(idx, self._budget(), ahead)
         if len(reads) == 1 and self.transform is None and (whole := _one_batch(reads[0])) is not None:
             # Every frame read: tensors over the batch. Outside a DataLoader worker (whose
             # collate copies into shared memory whatever it gets) they are rows that
@@ -182,53 +181,39 @@ class ZarrFrameDataset(Dataset):
         process.process_state().stats.add(transform_s=time.perf_counter() - started)
         return samples
 
-    async def _read_all(
-        self, idx: np.ndarray, budget: dict[str, Any], ahead: list[np.ndarray]
-    ) -> list[list[Any]]:
-        """Every index's items of ``idx``; meanwhile the fetches of the batches ``ahead``
-        are planned and started in the background (they continue on the I/O loop after
-        this returns)."""
-        reading = asyncio.gather(
-            *(self._read(index, index.rows[idx], budget) for index in self.indexes.values())
-        )
+    def _read_all(self, idx: np.ndarray, budget: dict[str, Any], ahead: list[np.ndarray]) -> list[list[Any]]:
+        """Every index's items (or windows, edge frames repeated) of ``idx``, exceptions in
+        place, read in one go (see :func:`read.read_batch`); the fetches of the batches
+        ``ahead`` are planned and started first, and go on in the background."""
         if ahead:
-            process.process_state().ahead.plan(self._prefetch(ahead, budget))
-        return await reading
+            process.run(self._plan_ahead(ahead, budget))
+        asks, places = [], []
+        for index in self.indexes.values():
+            specs, spec_of = index.read_specs(documents=self.trust_index)
+            requests = _requests(index, index.rows[idx])
+            asks += [(specs, spec_of[ids], starts, length) for _, ids, starts, length in requests]
+            places.append([positions for positions, _, _, _ in requests])
+        options = {"strict": self.strict, "retry": self.retry, "zarrs": self.zarrs, **budget}
+        got = iter(read.read_batch(asks, **options))
+        reads = []
+        for index, groups in zip(self.indexes.values(), places, strict=True):
+            items: list[Any] = [None] * len(idx)
+            for positions in groups:
+                for k, item in zip(positions.tolist(), next(got), strict=True):
+                    items[k] = item
+            reads.append(_windows(index, index.rows[idx], items))
+        return reads
+
+    async def _plan_ahead(self, ahead: list[np.ndarray], budget: dict[str, Any]) -> None:
+        process.process_state().ahead.plan(self._prefetch(ahead, budget))
 
     async def _prefetch(self, ahead: list[np.ndarray], budget: dict[str, Any]) -> None:
         """Start fetching what the batches ``ahead`` will read."""
         for batch in ahead:
             for index in self.indexes.values():
                 specs, spec_of = index.read_specs(documents=self.trust_index)
-                for ids, starts, length in _requests(index, index.rows[batch]):
+                for _, ids, starts, length in _requests(index, index.rows[batch]):
                     await read.prefetch_items(specs, spec_of[ids], starts, length, cache=budget["cache"])
-
-    async def _read(self, index: SelectionIndex, rows: np.ndarray, budget: dict[str, Any]) -> list[Any]:
-        """The items (or windows, edge frames repeated) of ``rows``; exceptions in place."""
-        (specs, spec_of), lengths = index.read_specs(documents=self.trust_index), rows["length"]
-        options = {"strict": self.strict, "retry": self.retry, "zarrs": self.zarrs, **budget}
-        window = int(lengths.max()) if len(rows) else 0
-        ids = spec_of[rows["array"]]
-        if window == 0:
-            return await read.read_items(specs, ids, rows["start"], **options)
-        first, end, read_at, span = _window_reads(index, rows, window)
-        starts = rows["start"]
-        blocks: list[Any] = [None] * len(rows)
-        groups = [np.flatnonzero(span == n) for n in np.unique(span)]
-        got = await asyncio.gather(
-            *(read.read_items(specs, ids[m], read_at[m], int(span[m[0]]), **options) for m in groups)
-        )
-        for m, group in zip(groups, got, strict=True):
-            for k, b in zip(m.tolist(), group, strict=True):
-                blocks[k] = b
-        return [
-            b
-            if isinstance(b, BaseException) or (f <= s == r and s + window <= e)  # no edge repeated
-            else b[windows.frame_positions(s, window, f, e) - r]
-            for b, s, r, f, e in zip(
-                blocks, starts.tolist(), read_at.tolist(), first.tolist(), end.tolist(), strict=True
-            )
-        ]
 
     def _budget(self) -> dict[str, Any]:
         """This dataset's cache and decode threads in this process (other datasets keep theirs).
@@ -354,13 +339,35 @@ def _window_reads(
     return first, end, read_at, span
 
 
-def _requests(index: SelectionIndex, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """What reading ``rows`` asks the read engine for: (array ids, starts, length) groups."""
+def _requests(
+    index: SelectionIndex, rows: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """What reading ``rows`` asks the read engine for: (positions in ``rows``, array ids,
+    starts, length) groups."""
     window = int(rows["length"].max()) if len(rows) else 0
     if window == 0:
-        return [(rows["array"], rows["start"], 0)]
+        return [(np.arange(len(rows)), rows["array"], rows["start"], 0)]
     _, _, read_at, span = _window_reads(index, rows, window)
-    return [(rows["array"][span == n], read_at[span == n], int(n)) for n in np.unique(span)]
+    groups = [np.flatnonzero(span == n) for n in np.unique(span)]
+    return [(m, rows["array"][m], read_at[m], int(span[m[0]])) for m in groups]
+
+
+def _windows(index: SelectionIndex, rows: np.ndarray, blocks: list[Any]) -> list[Any]:
+    """The windows of ``rows`` from the blocks read for them (see :func:`_requests`): a
+    block as it is, or its frames at the window's places when the window repeats an
+    episode's edge frame. Items of single frames (and exceptions) pass as they are."""
+    window = int(rows["length"].max()) if len(rows) else 0
+    if window == 0:
+        return blocks
+    first, end, read_at, _ = _window_reads(index, rows, window)
+    return [
+        b
+        if isinstance(b, BaseException) or (f <= s == r and s + window <= e)  # no edge repeated
+        else b[windows.frame_positions(s, window, f, e) - r]
+        for b, s, r, f, e in zip(
+            blocks, rows["start"].tolist(), read_at.tolist(), first.tolist(), end.tolist(), strict=True
+        )
+    ]
 
 
 def _check_one_kind(index: SelectionIndex) -> None:

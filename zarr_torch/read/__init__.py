@@ -10,11 +10,12 @@
 - :mod:`.compiled`: the four steps in zarrs' Rust reader, for frames of local folders
   whose chunks hold one frame; what it cannot vouch for goes the way above.
 - :mod:`.engine`: :func:`read_items`, which runs the four steps for a batch, serving
-  decoded chunks from the per-process cache (:mod:`zarr_torch.cache`) when it can.
+  decoded chunks from the per-process cache (:mod:`zarr_torch.cache`) when it can, and
+  :func:`read_batch`, the same from synchronous code (a ``DataLoader`` batch).
 
     frames = run(read_items(specs, array_ids, starts))
 """
 
-from zarr_torch.read.engine import prefetch_items, read_items
+from zarr_torch.read.engine import prefetch_items, read_batch, read_items
 
-__all__ = ["prefetch_items", "read_items"]
+__all__ = ["prefetch_items", "read_batch", "read_items"]
