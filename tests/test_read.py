@@ -321,6 +321,25 @@ def test_zarrs_a_stored_chunk_of_the_fill_value_is_read_again_not_taken_for_abse
     assert delta(ds, before, "chunks_decoded_direct") == 1 and delta(ds, before, "chunks_absent") == 0
 
 
+def test_zarrs_an_absent_tile_is_told_from_tiles_that_start_with_the_fill_value(tmp_path):
+    """Of frames in tiles, only the one with an absent tile is read again; tiles that start
+    with the fill value (or hold it everywhere but off the sampled grid) are zarrs' reads."""
+    path = str(tmp_path / "t.zarr")
+    arr = zarr.create_array(path, shape=(4, 20, 20), chunks=(1, 10, 10), dtype="uint16", fill_value=0)
+    values = np.arange(1, 4 * 400 + 1, dtype=np.uint16).reshape(4, 20, 20)
+    values[:, 0, 0] = values[:, 10, 10] = 0  # every frame's first and last tile start with it
+    values[1, 10:, :10] = 0
+    values[1, 11, 12 - 10] = 5  # off the sampled grid (every 7th element): a stored tile
+    arr[...] = values
+    Path(path, "c", "2", "0", "1").unlink()  # frame 2's top right tile: absent
+    expected = arr[...]
+    ds = ZarrFrameDataset(path)
+    before = ds.stats()
+    np.testing.assert_array_equal(torch.stack(ds.__getitems__([0, 1, 2, 3])).numpy(), expected)
+    assert delta(ds, before, "chunks_read_by_zarrs") == 16
+    assert delta(ds, before, "chunks_absent") == 1 and delta(ds, before, "chunks_decoded_direct") == 3
+
+
 def test_zarrs_failing_leaves_the_batch_to_errors_that_name_the_chunk(tmp_path):
     uri = write_store(str(tmp_path / "ep.zarr"), 0, [8], size=SIZE, chunk=1)
     chunk = tmp_path / "ep.zarr" / "data" / "camera0_rgb" / "c" / "5" / "0" / "0" / "0"

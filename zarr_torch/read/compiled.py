@@ -254,32 +254,34 @@ def _items(layout: Layout, positions: np.ndarray, starts: np.ndarray, shape: tup
     zarrs = _reader(layout)
     assert zarrs is not None and isinstance(layout.files, FolderFiles)
     root = os.path.abspath(layout.files.root).lstrip("/") + "/"
+    keys = iter(layout.store_keys(starts.tolist(), [coords for coords, _, _ in zarrs.parts]))
     chunk = list(layout.chunk)
+    tiles = [([slice(0, 1), *within], region) for _, within, region in zarrs.parts]
     return [
-        zarrs.item(
-            root + layout.store_key((s, *coords)),
-            [slice(0, 1), *within],
-            chunk,
-            [slice(p, p + 1), *region],
-            shape,
-        )
-        for p, s in zip(positions.tolist(), starts.tolist(), strict=True)
-        for coords, within, region in zarrs.parts
+        zarrs.item(root + next(keys), within, chunk, [slice(p, p + 1), *region], shape)
+        for p in positions.tolist()
+        for within, region in tiles
     ]
 
 
 def _maybe_absent(layout: Layout, positions: np.ndarray, frames: np.ndarray) -> np.ndarray:
     """Which items have a chunk whose every element is the fill value (or NaN): zarrs fills
     an absent chunk so, silently. Only chunks that start so, and whose sample (every
-    :data:`SAMPLE_STEP`-th element along each axis) is so too, are looked at whole."""
+    :data:`SAMPLE_STEP`-th element of the frame along each axis) is so too, are looked at
+    whole."""
     fill, parts = layout.fill_value, _reader(layout).parts
     corners = [np.array([region[d].start for _, _, region in parts]) for d in range(frames.ndim - 1)]
-    first = frames[(positions[:, None], *(c[None, :] for c in corners))]  # items x chunks
+    first = _filled(frames[(positions[:, None], *(c[None, :] for c in corners))], fill)  # items x chunks
+    if not first.any():
+        return np.zeros(len(positions), dtype=bool)
+    step = (slice(None, None, SAMPLE_STEP),) * (frames.ndim - 1)
+    sampled = _filled(frames[(slice(None), *step)][positions], fill)
+    for t, (_, _, region) in enumerate(parts):
+        inside = tuple(slice(-(-r.start // SAMPLE_STEP), -(-r.stop // SAMPLE_STEP)) for r in region)
+        first[:, t] &= sampled[(slice(None), *inside)].reshape(len(positions), -1).all(axis=1)
     left = np.zeros(len(positions), dtype=bool)
-    for k, t in zip(*np.nonzero(_filled(first, fill)), strict=True):
-        chunk = frames[(positions[k], *parts[t][2])]
-        sample = chunk[(slice(None, None, SAMPLE_STEP),) * chunk.ndim]
-        left[k] |= bool(_filled(sample, fill).all() and _filled(chunk, fill).all())
+    for k, t in zip(*np.nonzero(first), strict=True):
+        left[k] |= bool(_filled(frames[(positions[k], *parts[t][2])], fill).all())
     return left
 
 

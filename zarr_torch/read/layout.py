@@ -99,6 +99,15 @@ class Layout:
         name = self.meta.encode_chunk_key(coords)
         return f"{self.path}/{name}" if self.path else name
 
+    def store_keys(self, rows: list[int], tails: list[tuple[int, ...]]) -> list[str]:
+        """:meth:`store_key` of the chunk at grid ``(r, *tail)`` for every row ``r`` and
+        every ``tail`` in turn: what a batch of frames of several chunks each reads."""
+        if self._key_join is None:
+            return [self.store_key((r, *tail)) for r in rows for tail in tails]
+        prefix, separator = self._key_join
+        ends = [separator.join(["", *map(str, tail)]) for tail in tails]
+        return [f"{prefix}{r}{end}" for r in rows for end in ends]
+
     @functools.cached_property
     def _key_join(self) -> tuple[str, str] | None:
         """(prefix, separator) when this array's chunk keys are its path, a prefix, and the
