@@ -184,9 +184,8 @@ class ZarrFrameDataset(Dataset):
     def _read_all(self, idx: np.ndarray, budget: dict[str, Any], ahead: list[np.ndarray]) -> list[list[Any]]:
         """Every index's items (or windows, edge frames repeated) of ``idx``, exceptions in
         place, read in one go (see :func:`read.read_batch`); the fetches of the batches
-        ``ahead`` are planned and started first, and go on in the background."""
-        if ahead:
-            process.run(self._plan_ahead(ahead, budget))
+        ``ahead`` are planned and started once these reads have, and go on in the
+        background."""
         asks, places = [], []
         for index in self.indexes.values():
             specs, spec_of = index.read_specs(documents=self.trust_index)
@@ -194,7 +193,8 @@ class ZarrFrameDataset(Dataset):
             asks += [(specs, spec_of[ids], starts, length) for _, ids, starts, length in requests]
             places.append([positions for positions, _, _, _ in requests])
         options = {"strict": self.strict, "retry": self.retry, "zarrs": self.zarrs, **budget}
-        got = iter(read.read_batch(asks, **options))
+        planning = self._prefetch(ahead, budget) if ahead else None
+        got = iter(read.read_batch(asks, then=planning, **options))
         reads = []
         for index, groups in zip(self.indexes.values(), places, strict=True):
             items: list[Any] = [None] * len(idx)
@@ -203,9 +203,6 @@ class ZarrFrameDataset(Dataset):
                     items[k] = item
             reads.append(_windows(index, index.rows[idx], items))
         return reads
-
-    async def _plan_ahead(self, ahead: list[np.ndarray], budget: dict[str, Any]) -> None:
-        process.process_state().ahead.plan(self._prefetch(ahead, budget))
 
     async def _prefetch(self, ahead: list[np.ndarray], budget: dict[str, Any]) -> None:
         """Start fetching what the batches ``ahead`` will read."""

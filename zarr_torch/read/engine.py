@@ -20,7 +20,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -87,12 +87,15 @@ def read_batch(
     cache: ChunkCache | None = None,
     threads: int | None = None,
     zarrs: bool = True,
+    then: Coroutine[Any, Any, None] | None = None,
 ) -> list[list[np.ndarray | BaseException]]:
     """:func:`read_items` of each (specs, array_ids, starts, length) of ``asks``, from
     synchronous code (a ``DataLoader`` batch): zarrs reads what it can in the calling
     thread, and zarr's I/O loop is asked, once for all asks, only to open arrays this
     process has not opened and to read what zarrs left. A batch zarrs reads whole makes
-    no trip to the loop (each costs a few hundred microseconds).
+    no trip to the loop (each costs a few hundred microseconds). ``then`` (the planning
+    of fetches ahead, see :func:`prefetch_items`) starts on the loop once this batch's
+    reads have, and goes on in the background.
 
         [frames] = read_batch([(specs, np.array([0, 0, 1]), np.array([4, 9, 0]), 0)])
     """
@@ -104,15 +107,24 @@ def read_batch(
     started = time.perf_counter()
     if zarrs:
         _read_compiled([r for b in batches for r in b.reads], budget)
-    if any(b.left for b in batches):
-        run(_with_options(strict, retry, [b.read() for b in batches]))
+    if then is not None or any(b.left for b in batches):
+        run(_with_options(strict, retry, [b.read() for b in batches], then))
     process_state().stats.add(fetch_s=time.perf_counter() - started)
     return [b.out() for b in batches]
 
 
-async def _with_options(strict: bool, retry: RetryPolicy | None, steps: list[Awaitable[None]]) -> None:
+async def _with_options(
+    strict: bool,
+    retry: RetryPolicy | None,
+    steps: list[Awaitable[None]],
+    then: Coroutine[Any, Any, None] | None = None,
+) -> None:
+    """Run ``steps`` with these read options; start ``then`` in the background after them."""
     with read_options(strict=strict, retry=retry):
-        await asyncio.gather(*steps)
+        steps_done = asyncio.gather(*steps)
+        if then is not None:
+            process_state().ahead.plan(then)
+        await steps_done
 
 
 async def prefetch_items(
