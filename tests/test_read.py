@@ -275,6 +275,16 @@ ONE_FRAME_LAYOUTS = {
 }
 
 
+def test_items_of_one_value_from_an_absent_chunk_read_as_the_fill_value(tmp_path):
+    """A 1-d array's items are scalars, copied out of the batch: absent chunks are filled
+    before that, not left as whatever the batch's new memory held."""
+    path = str(tmp_path / "v.zarr")
+    arr = zarr.create_array(path, shape=(8,), chunks=(4,), dtype="int32", fill_value=7)
+    arr[4:] = [1, 2, 3, 4]  # chunk 0 never written: absent
+    got = ZarrFrameDataset(path).__getitems__([5, 0, 3, 6])
+    assert [int(x) for x in got] == [2, 7, 7, 3]
+
+
 @pytest.mark.parametrize("name", sorted(ONE_FRAME_LAYOUTS))
 def test_zarrs_reads_frames_of_one_frame_chunks(tmp_path, name):
     write_stores(str(tmp_path / "s"), stores=2, frames=16, size=SIZE, **ONE_FRAME_LAYOUTS[name])

@@ -298,12 +298,13 @@ class _Batch:
 
     def out(self) -> list[np.ndarray | BaseException]:
         """Every item in order, absent chunks filled; a failed item's exception in its place."""
+        failed = [r.finish() for r in self.reads]  # first: an item of one value is a copy
         out: list[np.ndarray | BaseException] = [None] * len(self.starts)  # type: ignore[list-item]
         for layout, m, batch in zip(self.layouts, self.members, self.batches, strict=True):
             for k in m.tolist():
                 out[k] = layout if batch is None else batch[k]
-        for r in self.reads:
-            for k, exc in r.finish().items():
+        for errors in failed:
+            for k, exc in errors.items():
                 out[k] = exc
         process_state().stats.add(bytes_returned=sum(o.nbytes for o in out if isinstance(o, np.ndarray)))
         return out
