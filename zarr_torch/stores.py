@@ -70,6 +70,11 @@ def options_key(options: Options | None) -> str:
     return json.dumps(options or {}, sort_keys=True, default=repr)
 
 
+def array_key(uri: str, path: str, options: Options | None) -> tuple[str, str, str]:
+    """The key of the array at ``path`` in ``uri`` among what this process has open."""
+    return uri, path, options_key(options)
+
+
 def fsspec_options(storage_options: Options | None) -> dict[str, Any]:
     """``storage_options`` without zarr_torch's own (``max_requests_per_host``, ``backend``):
     what fsspec gets (aiohttp would refuse an unknown keyword)."""
@@ -274,6 +279,11 @@ class ArraySpec(NamedTuple):
     #: the array's metadata as zarr reads it (``zarr.json``, or ``.zarray`` with attributes).
     document: dict | None = None
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """The array's key among what this process has open (see :func:`array_key`)."""
+        return array_key(self.uri, self.path, self.options)
+
 
 def metadata_document(arr: AsyncArray) -> dict:
     """The metadata document of an open array, as zarr reads it from its store: opening
@@ -304,7 +314,7 @@ async def open_array(
     Raises ``FileNotFoundError`` when it does not exist, ``ValueError`` when it is a group.
     """
     state = process_state()
-    key = (uri, path, options_key(storage_options))
+    key = array_key(uri, path, storage_options)
     arr = None if refresh else state.arrays.get(key)
     if arr is None and document is not None and not refresh:
         metadata = _parsed(json.dumps(document, sort_keys=True).encode(), lambda: document)

@@ -40,7 +40,7 @@ from zarr_torch.read.fetch import ABSENT, Unit, absent, plan_fetch, read_local, 
 from zarr_torch.read.layout import Layout, layout_of
 from zarr_torch.read.plan import Task, one_frame_chunks, plan
 from zarr_torch.storage import RetryPolicy, read_options
-from zarr_torch.stores import ArraySpec, Options, open_array, options_key
+from zarr_torch.stores import ArraySpec, Options, open_array
 
 #: chunks smaller than this (decoded) are read and decoded on one thread per batch.
 PARALLEL_CHUNK_BYTES = 64 * 2**10
@@ -171,12 +171,12 @@ async def _layout(spec: ArraySpec) -> Layout:
     """How the array of ``spec`` is laid out, opened once in this process (from its
     metadata document when the spec has one)."""
     arr = await open_array(spec.uri, spec.path, spec.options, document=spec.document)
-    return layout_of((spec.uri, spec.path, options_key(spec.options)), arr, spec.item_axes)
+    return layout_of(spec.key, arr, spec.item_axes)
 
 
 def _opened(spec: ArraySpec) -> Layout | None:
     """The layout of the array of ``spec`` if this process has opened it, else None."""
-    key = (spec.uri, spec.path, options_key(spec.options))
+    key = spec.key
     arr = process_state().arrays.get(key)
     return None if arr is None else layout_of(key, arr, spec.item_axes)
 
