@@ -331,11 +331,11 @@ def test_zarrs_a_stored_chunk_of_the_fill_value_is_read_again_not_taken_for_abse
     assert delta(ds, before, "chunks_decoded_direct") == 1 and delta(ds, before, "chunks_absent") == 0
 
 
-@pytest.mark.parametrize("dark_corners", [False, True], ids=["few tiles sampled", "whole batch sampled"])
+@pytest.mark.parametrize("dark_corners", [False, True], ids=["two frames sampled", "every frame sampled"])
 def test_zarrs_an_absent_tile_is_told_from_tiles_that_start_with_the_fill_value(tmp_path, dark_corners):
     """Of frames in tiles, only the one with an absent tile is read again; tiles that start
     with the fill value (or hold it everywhere but off the sampled grid) are zarrs' reads.
-    Tiles that start so are sampled one by one, or (more of them than frames) all at once."""
+    Only frames with a tile that starts so are sampled: two of them, or all."""
     path = str(tmp_path / "t.zarr")
     arr = zarr.create_array(path, shape=(4, 20, 20), chunks=(1, 10, 10), dtype="uint16", fill_value=0)
     values = np.arange(1, 4 * 400 + 1, dtype=np.uint16).reshape(4, 20, 20)

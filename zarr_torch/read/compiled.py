@@ -267,22 +267,22 @@ def _items(layout: Layout, positions: np.ndarray, starts: np.ndarray, shape: tup
 def _maybe_absent(layout: Layout, positions: np.ndarray, frames: np.ndarray) -> np.ndarray:
     """Which items have a chunk whose every element is the fill value (or NaN): zarrs fills
     an absent chunk so, silently. Only chunks that start so, and whose sample (every
-    :data:`SAMPLE_STEP`-th element along each axis) is so too, are looked at whole. A few
-    such chunks are sampled each on its own; more than a batch's items, the whole batch
-    at once (dark corners everywhere)."""
+    :data:`SAMPLE_STEP`-th element of the frame along each axis) is so too, are looked at
+    whole; only the frames that have such a chunk are sampled."""
     fill, parts = layout.fill_value, _reader(layout).parts
     corners = [np.array([region[d].start for _, _, region in parts]) for d in range(frames.ndim - 1)]
     first = _filled(frames[(positions[:, None], *(c[None, :] for c in corners))], fill)  # items x chunks
+    rows = np.flatnonzero(first.any(axis=1))
+    if not len(rows):
+        return np.zeros(len(positions), dtype=bool)
     step = (slice(None, None, SAMPLE_STEP),) * (frames.ndim - 1)
-    if first.sum() > len(positions):
-        sampled = _filled(frames[(slice(None), *step)][positions], fill)
-        for t, (_, _, region) in enumerate(parts):
-            inside = tuple(slice(-(-r.start // SAMPLE_STEP), -(-r.stop // SAMPLE_STEP)) for r in region)
-            first[:, t] &= sampled[(slice(None), *inside)].reshape(len(positions), -1).all(axis=1)
+    sampled = _filled(frames[(slice(None), *step)][positions[rows]], fill)
+    for t, (_, _, region) in enumerate(parts):
+        inside = tuple(slice(-(-r.start // SAMPLE_STEP), -(-r.stop // SAMPLE_STEP)) for r in region)
+        first[rows, t] &= sampled[(slice(None), *inside)].reshape(len(rows), -1).all(axis=1)
     left = np.zeros(len(positions), dtype=bool)
     for k, t in zip(*np.nonzero(first), strict=True):
-        chunk = frames[(positions[k], *parts[t][2])]
-        left[k] |= bool(_filled(chunk[step], fill).all() and _filled(chunk, fill).all())
+        left[k] |= bool(_filled(frames[(positions[k], *parts[t][2])], fill).all())
     return left
 
 
