@@ -1,14 +1,15 @@
 """Loader throughput against its peers, side by side in one run: frames per second.
 
 Fixtures are written with ``zarr_torch.synth`` (224x224 RGB frames). Every reader reads
-every frame of a layout in one random order, in batches of 64, ROUNDS (five) times, taking turns
-with the other readers (the best run counts). Each turn runs in a process of its own,
-forked from the benchmark's (which reads nothing itself), and times the second of two
-epochs (the first pays one-off costs: threads, opening arrays), so that no reader's
-threads or objects slow another's turn, as annbatch's turns run in processes of their
-own. Each batch is checked against the written frames and dropped before the reader is
-asked for the next, as a training step takes one batch at a time; only the time spent
-reading counts (annbatch's peer script is timed the same way):
+every frame of a layout in one random order, in batches of 64, ROUNDS (five) times, taking
+turns with the other readers (the best run counts; the median run is given beside it).
+Each turn runs in a process of its own, forked from the benchmark's (which reads
+nothing itself), and times the second of two epochs (the first pays one-off costs:
+threads, opening arrays), so that no reader's threads or objects slow another's turn,
+as annbatch's turns run in processes of their own. Each batch is checked against the
+written frames and dropped before the reader is asked for the next, as a training step
+takes one batch at a time; only the time spent reading counts (annbatch's peer script is
+timed the same way):
 
 - per-item zarr: one open array per store, ``arr[i]`` per item
 - tensorstore: one read per item, the batch's reads in flight together
@@ -31,8 +32,8 @@ Layouts: chunk 1, chunk 16, sharded (64 frames a shard, 1 a chunk), spatial tile
 (112x112 tiles), zarr v2 (blosc, chunk 1); on moto's S3 server, which holds each request
 20 ms inside its own process (``servers.py``): chunk 1 and chunk 16. Then
 ``DataLoader(batch_size=64, num_workers=0/2)`` end to end against the same loader over a
-numpy memmap (2,048 frames of chunk-16 stores in ``ChunkAwareSampler`` order; the best of
-three epochs each, taken in turn). Results:
+numpy memmap (2,048 frames of chunk-16 stores in ``ChunkAwareSampler`` order; the best and
+the median of ROUNDS epochs each, taken in turn). Results:
 ``results/throughput.json``, ``throughput.png`` and ``RESULTS.md``.
 
     python benchmarks/bench_throughput.py            # or: make bench / zarr-torch bench
@@ -46,6 +47,7 @@ import json
 import multiprocessing
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -366,9 +368,9 @@ def bench_layout(
     frames: int,
     local: bool,
     write_options: dict | None = None,
-) -> dict[str, float | None]:
-    """Frames/s of every reader over one layout; a reader that fails (or returns a wrong
-    frame) is recorded as None."""
+) -> dict[str, Any]:
+    """Frames/s of every reader over one layout, its best round; a reader that fails (or
+    returns a wrong frame) is recorded as None. ``"rounds"`` holds every round's."""
     uris = write_stores(
         root,
         stores=stores,
@@ -419,7 +421,8 @@ def bench_layout(
             readers["raw decode, all cores (decode limit)"] = (raw_decode(ds), order)
         if name == "chunk1":
             readers.update({k: (fn, order) for k, fn in datachain_peers(root, ARRAY, order).items()})
-    out: dict[str, float | None] = {}
+    out: dict[str, Any] = {}
+    rounds: dict[str, list[float]] = {}
     # Readers take turns, ROUNDS times, and the best of each counts: this machine's speed
     # drifts by a fifth over minutes, which back-to-back runs of one reader would all get.
     # Each turn runs in a process of its own (see the module's docstring): read in this
@@ -435,6 +438,7 @@ def bench_layout(
             try:
                 fps, amplification = pool.apply(_turn, (peer,))
                 out[peer] = max(out.get(peer) or 0.0, fps)
+                rounds.setdefault(peer, []).append(fps)
             except Exception as exc:  # a reader that cannot read this layout: recorded, not fatal
                 print(f"{peer} on {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 out[peer], amplification = None, None
@@ -447,27 +451,33 @@ def bench_layout(
             except RuntimeError as exc:  # no Python 3.12, or annbatch cannot read this layout
                 print(f"{label} on {name}: {exc}"[:500], file=sys.stderr)
                 out[label] = None
-    return out
+    return {**out, "rounds": rounds}
 
 
-def bench_loader(root: str, frames: int = 512, runs: int = 3) -> dict[str, float]:
+def bench_loader(root: str, frames: int = 512, runs: int = ROUNDS) -> dict[str, Any]:
     """DataLoader end to end, zarr_torch against a numpy memmap of the same frames: the
     best of ``runs`` epochs each, taken in turn (one epoch is under a second, so a single
-    one swings with whatever else the machine does)."""
+    one swings with whatever else the machine does); ``"rounds"`` holds every epoch's."""
     uris = write_stores(f"{root}/dl", stores=4, frames=frames, size=224, chunk=16)
     ds = ZarrFrameDataset(uris, array=ARRAY)
     shape = (len(ds), 224, 224, 3)
     np.concatenate([make_frames(s, frames, 224) for s in range(4)]).tofile(f"{root}/dl.u8")
     mm = MemmapFrames(f"{root}/dl.u8", shape)
-    out: dict[str, float] = {}
+    rounds: dict[str, list[float]] = {}
     for workers, run in tqdm([(w, r) for w in (0, 2) for r in range(runs)], desc="DataLoader", unit="run"):
         got = {
             f"zarr_torch, {workers} workers": loader_fps(ds, ChunkAwareSampler(ds, seed=run), workers),
             f"numpy memmap, {workers} workers": loader_fps(mm, torch.randperm(len(mm)).tolist(), workers),
         }
         for key, fps in got.items():
-            out[key] = max(out.get(key, 0.0), fps)
-    return out
+            rounds.setdefault(key, []).append(fps)
+    return {**{key: max(fps) for key, fps in rounds.items()}, "rounds": rounds}
+
+
+def median(panel: dict[str, Any], reader: str) -> float | None:
+    """The median round of ``reader`` in ``panel`` (its one figure when it ran once)."""
+    runs = panel.get("rounds", {}).get(reader)
+    return statistics.median(runs) if runs else panel.get(reader)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -479,7 +489,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     panels = [(k, v) for k, v in results.items() if isinstance(v, dict) and k != "machine"]
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 * len(panels) + 1))
     for ax, (title, values) in zip(np.atleast_1d(axes), panels, strict=True):
-        items = [(k, v) for k, v in values.items() if "amplification" not in k and v is not None]
+        numbers = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+        items = [(k, v) for k, v in numbers.items() if "amplification" not in k]
         ax.barh(
             [k for k, _ in items],
             [v for _, v in items],
@@ -493,12 +504,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def ratios(r: dict[str, Any], latency: str) -> list[tuple[str, float | None, str]]:
-    """The issue's targets: (what, measured ratio, target)."""
+def ratios(r: dict[str, Any], latency: str) -> list[tuple[str, tuple[float | None, float | None], str]]:
+    """The issue's targets: (what, measured ratio of the best rounds and of the median
+    rounds, target)."""
 
-    def ratio(panel: str, a: str, b: str) -> float | None:
-        x, y = r.get(panel, {}).get(a), r.get(panel, {}).get(b)
-        return x / y if x and y else None
+    def ratio(panel: str, a: str, b: str) -> tuple[float | None, float | None]:
+        values = r.get(panel, {})
+        pairs = ((values.get(a), values.get(b)), (median(values, a), median(values, b)))
+        return tuple(x / y if x and y else None for x, y in pairs)  # type: ignore[return-value]
 
     rows = []
     for name in LAYOUTS:
@@ -559,17 +572,23 @@ def markdown(results: dict[str, Any], latency: str) -> str:
     lines = [
         f"Command: `{results['command']}` (commit {results['commit']}).",
         "",
-        "| target | measured | wanted |",
-        "|---|---|---|",
+        "| target | best rounds | median rounds | wanted |",
+        "|---|---|---|---|",
     ]
     lines += [
-        f"| {what} | {'n/a' if v is None else f'{v:.2f}'} | {want} |"
-        for what, v, want in ratios(results, latency)
+        f"| {what} | {' | '.join('n/a' if v is None else f'{v:.2f}' for v in measured)} | {want} |"
+        for what, measured, want in ratios(results, latency)
     ]
     for panel, values in results.items():
         if isinstance(values, dict) and panel != "machine":
-            lines += ["", f"**{panel}** (frames/s)", "", "| reader | frames/s |", "|---|---|"]
-            lines += [f"| {k} | {'failed' if v is None else f'{v:,.1f}'} |" for k, v in values.items()]
+            lines += ["", f"**{panel}** (frames/s)", "", "| reader | best | median |", "|---|---|---|"]
+            for k, v in values.items():
+                if v is None:
+                    lines.append(f"| {k} | failed | |")
+                elif "amplification" in k:  # of the last round
+                    lines.append(f"| {k} | {v:.1f} | |")
+                elif k != "rounds":
+                    lines.append(f"| {k} | {v:,.1f} | {median(values, k):,.1f} |")
     return "\n".join(lines) + "\n"
 
 
