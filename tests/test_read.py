@@ -379,8 +379,8 @@ def load_in_workers(root: str, context: str, parent: str) -> tuple[np.ndarray, d
     codec pipeline; or ``"zarr_torch"``), then a ``DataLoader`` with two ``context``
     workers reads ``root``: every frame, and the last worker's stats and zarrs' pool."""
     store = f"{root}/episode_00000.zarr"
-    pipeline = "zarrs.ZarrsCodecPipeline" if parent == "zarr with zarrs" else None
-    with zarr.config.set({"codec_pipeline.path": pipeline or zarr.config.get("codec_pipeline.path")}):
+    zarrs_pipeline = {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}
+    with zarr.config.set(zarrs_pipeline if parent == "zarr with zarrs" else {}):
         zarr.open_array(store, path=ARRAY, mode="r")[0]
     assert "zarrs._internal" in sys.modules, "zarr loaded zarrs"
     # a worker forked from a process that made zarrs' pool gets the whole pool's budget:
