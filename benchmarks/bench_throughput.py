@@ -437,11 +437,12 @@ def bench_layout(
         with multiprocessing.get_context("fork").Pool(1) as pool:
             try:
                 fps, amplification = pool.apply(_turn, (peer,))
-                out[peer] = max(out.get(peer) or 0.0, fps)
                 rounds.setdefault(peer, []).append(fps)
+                out[peer] = max(rounds[peer])
             except Exception as exc:  # a reader that cannot read this layout: recorded, not fatal
                 print(f"{peer} on {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 out[peer], amplification = None, None
+                rounds.pop(peer, None)  # no median either for a reader that failed a round
         if peer.startswith("zarr_torch"):
             out[f"{peer}: read amplification"] = amplification
     if local:
