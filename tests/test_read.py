@@ -32,7 +32,7 @@ from zarr_torch import (
     read,
 )
 from zarr_torch.cache import ChunkCache
-from zarr_torch.synth import make_frames, write_store, write_stores
+from zarr_torch.synth import make_frames, write_store, write_stores, zip_store
 
 ARRAY = "data/camera0_rgb"
 
@@ -73,7 +73,7 @@ def test_batched_reads_equal_zarr(tmp_path, name, length, zarrs):
 
 def test_chunks_of_one_frame_decode_straight_into_the_batch(tmp_path):
     write_stores(str(tmp_path / "s"), stores=2, frames=9, size=SIZE, chunk=1)
-    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, zarrs=False)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
     before = ds.stats()
     batch = ds.__getitems__([3, 12, 3, 17])
     np.testing.assert_array_equal(np.stack(batch), reference(2, 9)[[3, 12, 3, 17]])
@@ -120,7 +120,7 @@ def test_a_chunk_whose_every_item_a_batch_took_is_not_kept(tmp_path):
 
 def test_a_shard_index_is_read_once_and_adjacent_chunks_in_one_range(tmp_path):
     write_stores(str(tmp_path / "s"), stores=1, frames=64, size=SIZE, chunk=1, shard=32)
-    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, zarrs=False)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
     before = ds.stats()
     first = ds.__getitems__([*range(8), 40, 41])
     assert delta(ds, before, "shard_indexes_fetched") == 2
@@ -285,10 +285,86 @@ def test_items_of_one_value_from_an_absent_chunk_read_as_the_fill_value(tmp_path
     assert [int(x) for x in got] == [2, 7, 7, 3]
 
 
+def one_frame_stores(root: Path, name: str, frames: int = 16) -> list[str]:
+    """Two stores of ``frames`` frames of ``ONE_FRAME_LAYOUTS[name]``, or for ``"zip"``
+    the v2 ones zipped (as UMI ships them)."""
+    zipped = name == "zip"
+    uris = write_stores(
+        str(root), stores=2, frames=frames, size=SIZE, **ONE_FRAME_LAYOUTS["v2-blosc" if zipped else name]
+    )
+    return [zip_store(u, f"{u}.zip") for u in uris] if zipped else uris
+
+
+def one_frame_chunk(uri: str, frame: int, zarr_format: int = 3) -> Path:
+    """The file of the chunk at the top left of ``frame`` in a store of ``one_frame_stores``."""
+    folder = Path(uri, ARRAY)
+    return folder / f"{frame}.0.0.0" if zarr_format == 2 else folder.joinpath("c", str(frame), "0", "0", "0")
+
+
+@pytest.mark.parametrize("name", [*sorted(ONE_FRAME_LAYOUTS), "zip"])
+def test_local_chunks_within_one_frame_are_read_in_one_pass(tmp_path, name):
+    ds = ZarrFrameDataset(one_frame_stores(tmp_path / "s", name), array=ARRAY)
+    picks = [3, 30, 3, 17, 0, 31]
+    before = ds.stats()
+    np.testing.assert_array_equal(torch.stack(ds.__getitems__(picks)).numpy(), reference(2, 16)[picks])
+    tiles = math.ceil(SIZE / 5) ** 2 if name == "tiles" else 1  # edge tiles cut short
+    assert delta(ds, before, "chunks_read_in_one_pass") == 5 * tiles, "frame 3 twice: read once, copied"
+    # the general path counts every chunk it plans as a cache miss: none was planned
+    assert delta(ds, before, "cache_misses") == 0 and delta(ds, before, "chunks_read_by_zarrs") == 0
+
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("name", ["chunk1", "tiles"])
+def test_a_frame_the_one_pass_cannot_read_is_read_again_absent_or_named(tmp_path, name, strict):
+    """An absent chunk reads as the fill value (or fails when strict), a truncated one or a
+    directory in its place fails, naming store, array and index: the general path reads
+    those frames again and tells which."""
+    [uri, _] = one_frame_stores(tmp_path / "s", name)
+    ds = ZarrFrameDataset(tmp_path / "s", array=ARRAY, strict=strict)
+    one_frame_chunk(uri, 2).unlink()
+    expected = zarr.open_array(uri, path=ARRAY, mode="r")[[1, 2, 4]]
+    assert (expected[1] == 0).any() and (expected[1] != 0).any() == (name == "tiles")
+    if strict:
+        with pytest.raises(
+            ReadError, match=r"sample 2: array 'data/camera0_rgb' in store .*index 2: .*missing"
+        ):
+            ds.__getitems__([1, 2, 4])
+    else:
+        before = ds.stats()
+        np.testing.assert_array_equal(torch.stack(ds.__getitems__([1, 2, 4])).numpy(), expected)
+        assert delta(ds, before, "chunks_absent") == 1
+    chunk = one_frame_chunk(uri, 5)
+    chunk.write_bytes(chunk.read_bytes()[:-1])
+    with pytest.raises(ReadError, match=r"sample 5: array 'data/camera0_rgb' in store .*index 5"):
+        ds.__getitems__([4, 5])
+    chunk.unlink()
+    chunk.mkdir()
+    with pytest.raises(
+        ReadError, match=r"sample 5: array 'data/camera0_rgb' in store .*index 5: .*directory"
+    ):
+        ds.__getitems__([5, 6])
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_workers_read_chunks_within_one_frame_in_one_pass(tmp_path, context):
+    ds = ZarrFrameDataset(one_frame_stores(tmp_path / "s", "tiles"), array=ARRAY)
+    loader = DataLoader(
+        ds,
+        batch_size=8,
+        num_workers=2,
+        multiprocessing_context=context,
+        timeout=120,
+        collate_fn=CollateWithStats(ds),
+    )
+    served = list(loader)
+    np.testing.assert_array_equal(torch.cat([b for b, _ in served]).numpy(), reference(2, 16))
+    assert all(stats["chunks_read_in_one_pass"] > 0 and stats["cache_misses"] == 0 for _, stats in served)
+
+
 @pytest.mark.parametrize("name", sorted(ONE_FRAME_LAYOUTS))
 def test_zarrs_reads_frames_of_one_frame_chunks(tmp_path, name):
     write_stores(str(tmp_path / "s"), stores=2, frames=16, size=SIZE, **ONE_FRAME_LAYOUTS[name])
-    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, zarrs=True)
     picks = [3, 30, 3, 17, 0, 31]
     before = ds.stats()
     np.testing.assert_array_equal(torch.stack(ds.__getitems__(picks)).numpy(), reference(2, 16)[picks])
@@ -305,14 +381,14 @@ def test_zarrs_absent_chunks_read_as_zarr_reads_them_or_fail_when_strict(tmp_pat
     )
     values = np.random.default_rng(0).random((8, SIZE, SIZE), dtype=np.float32)
     arr[:2], arr[3:] = values[:2], values[3:]  # frame 2 never written: its chunk is absent
-    ds = ZarrFrameDataset(path)
+    ds = ZarrFrameDataset(path, zarrs=True)
     before = ds.stats()
     got = torch.stack(ds.__getitems__([1, 2, 5])).numpy()
     np.testing.assert_array_equal(got[[0, 2]], values[[1, 5]])
     assert np.isnan(got[1]).all(), "the fill value, as zarr reads it"
     assert delta(ds, before, "chunks_read_by_zarrs") == 3 and delta(ds, before, "chunks_absent") == 1
     with pytest.raises(ReadError, match="missing"):
-        ZarrFrameDataset(path, strict=True).__getitems__([1, 2])
+        ZarrFrameDataset(path, strict=True, zarrs=True).__getitems__([1, 2])
 
 
 def test_zarrs_a_stored_chunk_of_the_fill_value_is_read_again_not_taken_for_absent(tmp_path):
@@ -324,7 +400,7 @@ def test_zarrs_a_stored_chunk_of_the_fill_value_is_read_again_not_taken_for_abse
     values = make_frames(0, 4, SIZE)
     values[1] = 0  # stored, all of it the fill value
     arr[...] = values
-    ds = ZarrFrameDataset(path)
+    ds = ZarrFrameDataset(path, zarrs=True)
     before = ds.stats()
     np.testing.assert_array_equal(torch.stack(ds.__getitems__([0, 1, 2])).numpy(), values[:3])
     assert delta(ds, before, "chunks_read_by_zarrs") == 3
@@ -346,7 +422,7 @@ def test_zarrs_an_absent_tile_is_told_from_tiles_that_start_with_the_fill_value(
     arr[...] = values
     Path(path, "c", "2", "0", "1").unlink()  # frame 2's top right tile: absent
     expected = arr[...]
-    ds = ZarrFrameDataset(path)
+    ds = ZarrFrameDataset(path, zarrs=True)
     before = ds.stats()
     np.testing.assert_array_equal(torch.stack(ds.__getitems__([0, 1, 2, 3])).numpy(), expected)
     assert delta(ds, before, "chunks_read_by_zarrs") == 16
@@ -357,7 +433,7 @@ def test_zarrs_failing_leaves_the_batch_to_errors_that_name_the_chunk(tmp_path):
     uri = write_store(str(tmp_path / "ep.zarr"), 0, [8], size=SIZE, chunk=1)
     chunk = tmp_path / "ep.zarr" / "data" / "camera0_rgb" / "c" / "5" / "0" / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:10])
-    ds = ZarrFrameDataset(uri, array=ARRAY)
+    ds = ZarrFrameDataset(uri, array=ARRAY, zarrs=True)
     with pytest.raises(ReadError, match=r"sample 5: array 'data/camera0_rgb' in store .*ep\.zarr.*index 5"):
         ds.__getitems__([1, 5])
     before = ds.stats()
@@ -386,7 +462,7 @@ def load_in_workers(root: str, context: str, parent: str) -> tuple[np.ndarray, d
     # a worker forked from a process that made zarrs' pool gets the whole pool's budget:
     # only the fork keeps zarrs from it
     made = context == "fork" and parent != "zarr"
-    ds = ZarrFrameDataset(root, array=ARRAY, threads=process.available_cores() if made else None)
+    ds = ZarrFrameDataset(root, array=ARRAY, threads=process.available_cores() if made else None, zarrs=True)
     if parent == "zarr_torch":
         ds.__getitems__([0, 1])
     loader = DataLoader(
@@ -432,13 +508,13 @@ def test_zarrs_serves_workers_unless_forked_from_a_process_that_made_its_pool(
 def test_zarrs_serves_a_read_only_within_its_thread_budget(tmp_path, monkeypatch):
     monkeypatch.setenv("RAYON_NUM_THREADS", "2")  # the pool zarrs would use
     write_stores(str(tmp_path / "s"), stores=1, frames=8, size=SIZE, chunk=1)
-    one = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, threads=1)
+    one = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, threads=1, zarrs=True)
     before = one.stats()
     one.__getitems__([0, 1])
     assert (
         delta(one, before, "chunks_read_by_zarrs") == 0 and delta(one, before, "chunks_decoded_direct") == 2
     )
-    two = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, threads=2)
+    two = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, threads=2, zarrs=True)
     before = two.stats()
     two.__getitems__([0, 1])
     assert delta(two, before, "chunks_read_by_zarrs") == 2

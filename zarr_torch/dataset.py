@@ -60,9 +60,10 @@ class ZarrFrameDataset(Dataset):
     Each process keeps decoded chunks in an LRU cache of ``cache_bytes`` (see
     :meth:`stats`). Each ``DataLoader`` worker limits its decode and torch threads to
     ``threads`` (default: cores // workers) so workers do not oversubscribe the cores.
-    Frames of unsharded arrays in local folders whose chunks hold one frame (whole or as
-    tiles) are read by zarrs' Rust reader where it can (:mod:`zarr_torch.read.compiled`);
-    ``zarrs=False`` keeps them on zarr_torch's own decoders.
+    Frames of unsharded local arrays whose chunks hold one frame (whole or as tiles) are
+    read in one pass (:mod:`zarr_torch.read.inplace`); ``zarrs=True`` hands those of
+    local folders to zarrs' Rust reader first (:mod:`zarr_torch.read.compiled`), slower
+    on the benchmark's two cores.
     """
 
     def __init__(
@@ -84,7 +85,7 @@ class ZarrFrameDataset(Dataset):
         retry: RetryPolicy | None = None,
         cache_bytes: int = CACHE_BYTES,
         threads: int | None = None,
-        zarrs: bool = True,
+        zarrs: bool = False,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")

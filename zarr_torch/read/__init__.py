@@ -7,8 +7,12 @@
 - :mod:`.decode`: zarr_torch's own decoders, zarr's pipeline for the rest.
 - :mod:`.assemble`: copying decoded rows into one preallocated batch array.
 - :mod:`.buffers`: the buffers each decode thread reuses for what it reads and decodes.
-- :mod:`.compiled`: the four steps in zarrs' Rust reader, for frames of local folders
-  whose chunks hold one frame; what it cannot vouch for goes the way above.
+- :mod:`.inplace`: the four steps in one pass for local chunks that each lie within one
+  frame (one frame a chunk, or its tiles): no plan objects; a frame it cannot read goes
+  the way above.
+- :mod:`.compiled`: the four steps in zarrs' Rust reader, when asked (``zarrs=True``),
+  for frames of local folders whose chunks hold one frame; what it cannot vouch for goes
+  the ways above.
 - :mod:`.engine`: :func:`read_items`, which runs the four steps for a batch, serving
   decoded chunks from the per-process cache (:mod:`zarr_torch.cache`) when it can, and
   :func:`read_batch`, the same from synchronous code (a ``DataLoader`` batch).

@@ -1,11 +1,13 @@
 """Compiled: a batch's one-frame chunks of local folder arrays read by zarrs' Rust reader.
 
 zarrs (the Rust Zarr library behind zarr's ``zarrs`` codec pipeline) reads, decodes and
-places a list of chunks into one array on its own threads, the GIL released: for spatial
-tiles it is well ahead of zarr_torch's own decoders, for one-frame chunks a little
-(``benchmarks/RESULTS.md``). zarr_torch hands it the chunks it can take: frames (not
-windows, not planes over several leading axes) of unsharded arrays in local folders whose
-chunks hold one frame, whole or as tiles, with a codec chain zarr_torch decodes too.
+places a list of chunks into one array on its own threads, the GIL released. Asked to
+(``ZarrFrameDataset(..., zarrs=True)``), zarr_torch hands it the chunks it can take:
+frames (not windows, not planes over several leading axes) of unsharded arrays in local
+folders whose chunks hold one frame, whole or as tiles, with a codec chain zarr_torch
+decodes too. It is not the default: zarr_torch's one pass over such chunks
+(:mod:`.inplace`) reads chunk 1, tiles and v2 as fast or faster on the benchmark's two
+cores (``benchmarks/RESULTS.md``), with none of the work around zarrs below.
 Sharded arrays stay with zarr_torch's own decoders, which keep each shard's index for the
 process: they read the benchmark's shards a few percent faster than zarrs does.
 
@@ -37,7 +39,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import os
 import sys
 import tempfile
@@ -234,7 +235,7 @@ def read(arrays: list[tuple[Layout, np.ndarray, np.ndarray, np.ndarray]]) -> lis
         process_state().stats.add(
             chunks_fetched=len(items),
             chunks_read_by_zarrs=len(items),
-            bytes_decoded=len(items) * math.prod(layout.chunk) * layout.dtype.itemsize,
+            bytes_decoded=len(items) * layout.chunk_bytes,
         )
     lefts = [np.ones(len(positions), dtype=bool) for _, positions, _, _ in arrays]
     for members in done:

@@ -6,9 +6,11 @@ cache holds, fetches the rest (:mod:`.fetch`), decodes it (:mod:`.decode`) and c
 into one preallocated batch array (:mod:`.assemble`). Local stores are read, decoded and
 assembled on the process's decode threads in one pass; other stores are fetched
 concurrently on the event loop and decoded on those threads as their bytes arrive.
-Chunks whose codecs zarr_torch does not decode go to zarr's pipeline in one call. Frames
-of local folders whose chunks hold one frame go to zarrs' Rust reader first
-(:mod:`.compiled`), and only what it leaves takes the steps above.
+Chunks whose codecs zarr_torch does not decode go to zarr's pipeline in one call. Local
+unsharded chunks that each lie within one frame skip the plan: :mod:`.inplace` reads them
+first, on the decode threads with no trip to the event loop, and only frames it could
+not read take the steps above. Asked to (``zarrs=True``), zarrs' Rust reader
+(:mod:`.compiled`) reads before either.
 
     frames = run(read_items(specs, array_ids=np.array([0, 0, 1]), starts=np.array([4, 9, 0])))
 """
@@ -32,7 +34,7 @@ from zarr.errors import NodeNotFoundError
 
 from zarr_torch.cache import ChunkCache
 from zarr_torch.process import process_state, run
-from zarr_torch.read import compiled
+from zarr_torch.read import compiled, inplace
 from zarr_torch.read.assemble import fill, scatter
 from zarr_torch.read.buffers import scratch
 from zarr_torch.read.decode import decode_with_zarr
@@ -56,7 +58,7 @@ async def read_items(
     retry: RetryPolicy | None = None,
     cache: ChunkCache | None = None,
     threads: int | None = None,
-    zarrs: bool = True,
+    zarrs: bool = False,
 ) -> list[np.ndarray | BaseException]:
     """Item ``starts[k]`` (or the window of ``length`` rows there) of array
     ``specs[array_ids[k]]`` for every ``k``, in order; a failed item's place holds its
@@ -64,16 +66,21 @@ async def read_items(
     :class:`ArraySpec` with a metadata document opens its array with no request.
 
     ``cache`` and ``threads`` are the caller's budget (a dataset's own); by default the
-    process's shared cache and one decode thread per core. With ``zarrs``, zarrs reads
-    the arrays it can (see :mod:`.compiled`), on a decode thread.
+    process's shared cache and one decode thread per core. Local chunks within one frame
+    are read in one pass (see :mod:`.inplace`); with ``zarrs``, zarrs reads the arrays it
+    can first (see :mod:`.compiled`), on a decode thread.
     """
     budget = _Budget.of(cache, threads)
     batch = _Batch(specs, array_ids, starts, length, strict, budget)
     with read_options(strict=strict, retry=retry):
         await batch.open()
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
         if zarrs:
-            await asyncio.get_running_loop().run_in_executor(budget.pool, _read_compiled, batch.reads, budget)
+            await loop.run_in_executor(budget.pool, _read_compiled, batch.reads, budget)
+        parts = _in_place_parts(batch.reads, budget)
+        lefts = await asyncio.gather(*(loop.run_in_executor(budget.pool, inplace.read, p) for p in parts))
+        _leave(batch.reads, [x for left in lefts for x in left])
         await batch.read()
     process_state().stats.add(fetch_s=time.perf_counter() - started)
     return batch.out()
@@ -86,7 +93,7 @@ def read_batch(
     retry: RetryPolicy | None = None,
     cache: ChunkCache | None = None,
     threads: int | None = None,
-    zarrs: bool = True,
+    zarrs: bool = False,
     then: Coroutine[Any, Any, None] | None = None,
 ) -> list[list[np.ndarray | BaseException]]:
     """:func:`read_items` of each (specs, array_ids, starts, length) of ``asks``, from
@@ -105,8 +112,13 @@ def read_batch(
     if opening:
         run(_with_options(strict, retry, opening))
     started = time.perf_counter()
+    reads = [r for b in batches for r in b.reads]
     if zarrs:
-        _read_compiled([r for b in batches for r in b.reads], budget)
+        _read_compiled(reads, budget)
+    # on the decode threads, never this one: numcodecs' blosc, called from a process's main
+    # thread, decodes on threads of its own, past the budget
+    futures = [budget.pool.submit(inplace.read, part) for part in _in_place_parts(reads, budget)]
+    _leave(reads, [x for f in futures for x in f.result()])
     if then is not None or any(b.left for b in batches):
         run(_with_options(strict, retry, [b.read() for b in batches], then))
     process_state().stats.add(fetch_s=time.perf_counter() - started)
@@ -411,19 +423,51 @@ def _read_compiled(reads: list[_ArrayRead], budget: _Budget) -> None:
         r.positions, r.starts = r.positions[left], r.starts[left]
 
 
+def _in_place_parts(reads: list[_ArrayRead], budget: _Budget) -> list[list[inplace.Job]]:
+    """The chunks of the items left to read that go in place (see :mod:`.inplace`), split
+    over the decode threads."""
+    jobs = [
+        job
+        for n, r in enumerate(reads)
+        if len(r.positions) and inplace.usable(r.layout, r.span)
+        for job in inplace.chunk_jobs(n, r.layout, r.positions, r.starts, r.batch[:, 0])
+    ]
+    return _split(jobs, [job[1].chunk_bytes for job in jobs], budget)
+
+
+def _leave(reads: list[_ArrayRead], left: list[tuple[int, int]]) -> None:
+    """Leave each read that went in place only the items of ``left`` (read number, batch
+    position): the ones whose chunks were absent or failed, for the general path."""
+    for n, r in enumerate(reads):
+        if len(r.positions) and inplace.usable(r.layout, r.span):
+            again = np.isin(r.positions, [p for m, p in left if m == n])
+            r.positions, r.starts = r.positions[again], r.starts[again]
+
+
+def _split(work: list[Any], chunk_bytes: list[int], budget: _Budget) -> list[list[Any]]:
+    """``work`` (of decoded chunks of ``chunk_bytes`` each) split evenly over the decode
+    threads: none when empty, all on one thread when most chunks are small."""
+    if not work:
+        return []
+    # Chunks of a few KB decode in microseconds: two threads then spend more on handing the
+    # GIL back and forth than they gain (37 KB tiles: 7.0k frames/s on one, 4.4k on two).
+    small = sum(n < PARALLEL_CHUNK_BYTES for n in chunk_bytes) > len(work) // 2
+    threads = 1 if small else min(budget.threads, len(work))
+    return [work[k::threads] for k in range(threads)]
+
+
 async def _run_local(reads: list[_ArrayRead], budget: _Budget) -> None:
     """Every unit of local arrays on the decode threads, split evenly, one pass each."""
     work = [(r, u) for r in reads for u in r.units]
     if not work:
         return
     state = process_state()
-    # Chunks of a few KB decode in microseconds: two threads then spend more on handing the
-    # GIL back and forth than they gain (37 KB tiles: 7.0k frames/s on one, 4.4k on two).
-    small = sum(r.job.chunk_bytes < PARALLEL_CHUNK_BYTES for r, _ in work) > len(work) // 2
-    threads = 1 if small else min(budget.threads, len(work))
     loop = asyncio.get_running_loop()
     parts = await asyncio.gather(
-        *(loop.run_in_executor(budget.pool, _local_units, work[k::threads]) for k in range(threads))
+        *(
+            loop.run_in_executor(budget.pool, _local_units, part)
+            for part in _split(work, [r.job.chunk_bytes for r, _ in work], budget)
+        )
     )
     for part in parts:
         for r, i, outcome in part:
@@ -481,7 +525,7 @@ class _Decode:
         self.into = direct and one_frame_chunks(layout, span)
         #: whether a read may land in a buffer reused for the next: nothing decoded keeps it
         self.reuse = self.into or (layout.decoder is not None and layout.decoder.fresh)
-        self.chunk_bytes = int(np.prod(layout.chunk)) * layout.dtype.itemsize
+        self.chunk_bytes = layout.chunk_bytes
         #: items a chunk holds (its rows, see ``Layout.as_rows``)
         self.rows = math.prod(layout.chunk[: layout.item_axes])
         #: each item's bytes, where chunks of whole frames (one or many) decode to

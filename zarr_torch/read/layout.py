@@ -82,9 +82,14 @@ class Layout:
         return self.key, self.shape, self.chunk, self.shard, self.dtype.str, self.item_axes
 
     @functools.cached_property
+    def chunk_bytes(self) -> int:
+        """The bytes of a decoded chunk."""
+        return math.prod(self.chunk) * self.dtype.itemsize
+
+    @functools.cached_property
     def read_bound(self) -> int:
         """Bytes to ask for when reading a whole chunk: more than a compressed chunk holds."""
-        return int(np.prod(self.chunk)) * self.dtype.itemsize + 2**16
+        return self.chunk_bytes + 2**16
 
     @property
     def chunks_per_shard(self) -> tuple[int, ...]:
