@@ -440,7 +440,8 @@ def _leave(reads: list[_ArrayRead], left: list[tuple[int, int]]) -> None:
     position): the ones whose chunks were absent or failed, for the general path."""
     for n, r in enumerate(reads):
         if len(r.positions) and inplace.usable(r.layout, r.span):
-            again = np.isin(r.positions, [p for m, p in left if m == n])
+            mine = [p for m, p in left if m == n]
+            again = np.isin(r.positions, mine) if mine else np.zeros(len(r.positions), dtype=bool)
             r.positions, r.starts = r.positions[again], r.starts[again]
 
 

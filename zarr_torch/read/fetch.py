@@ -188,26 +188,16 @@ def read_local(
     store is returned open instead, for the decoder to read only as far as it needs."""
     assert layout.files is not None
     if unit.start is None:
-        if not (stream and isinstance(layout.files, FolderFiles)):
-            return read_whole(layout, unit.key, reuse)
         try:
-            return layout.files.open(unit.key)
+            if stream and isinstance(layout.files, FolderFiles):
+                return layout.files.open(unit.key)
+            return layout.files.whole(unit.key, layout.read_bound, reuse)
         except IsAFolder as exc:
             raise ShardError(str(exc)) from None
     data = layout.files.span(unit.key, unit.start, unit.stop, reuse)
     if data is None:
         raise ShardError(f"shard {unit.key!r} disappeared after its index was read")
     return _checked(unit, data)
-
-
-def read_whole(layout: Layout, key: str, reuse: bool = False) -> bytes | memoryview | None:
-    """The whole object ``key`` of a local store, read in place; None when absent (with
-    ``reuse``, see :func:`read_local`)."""
-    assert layout.files is not None
-    try:
-        return layout.files.whole(key, layout.read_bound, reuse)
-    except IsAFolder as exc:
-        raise ShardError(str(exc)) from None
 
 
 async def read_remote(layout: Layout, unit: Unit) -> bytes | None:

@@ -24,13 +24,16 @@ from typing import Any
 import numpy as np
 
 from zarr_torch.process import process_state
-from zarr_torch.read.fetch import read_whole
 from zarr_torch.read.layout import Layout
 from zarr_torch.read.plan import tiles_of
 
+#: where each tile of a frame goes: its region of the frame, and the part of the decoded
+#: tile (a whole chunk) that the frame shows there.
+Places = list[tuple[tuple[slice, ...], tuple[Any, ...]]]
 #: one frame to read: (read number, layout, its chunks' keys, the batch positions that
-#: show it, where it goes in each: the frame, or its bytes when one chunk is the frame).
-Job = tuple[int, Layout, list[str], list[int], list[np.ndarray]]
+#: show it, where it goes in each, its tiles' places). A frame that is one chunk has no
+#: places, and goes to its bytes in the batch.
+Job = tuple[int, Layout, list[str], list[int], list[np.ndarray], Places | None]
 
 
 def usable(layout: Layout, span: int) -> bool:
@@ -62,11 +65,11 @@ def chunk_jobs(
     else:  # items over several axes: each one's chunk coordinates on them
         leads = zip(*(a.tolist() for a in np.unravel_index(list(at), layout.shape[:k])), strict=True)
         keys = [layout.store_key((*lead, *tail)) for lead in leads for tail in tails]
-    n = len(tails)
-    if _whole(layout):
+    n, places = len(tails), _places(layout, parts)
+    if places is None:
         frames = frames.reshape(len(frames), -1).view(np.uint8)
     return [
-        (read, layout, keys[j * n : (j + 1) * n], ps, [frames[p] for p in ps])
+        (read, layout, keys[j * n : (j + 1) * n], ps, [frames[p] for p in ps], places)
         for j, ps in enumerate(at.values())
     ]
 
@@ -75,11 +78,10 @@ def read(jobs: list[Job]) -> list[tuple[int, int]]:
     """Read, decode and place ``jobs`` (on one thread, in turn); return (read, position) of
     each job whose chunk was absent or failed, to read again otherwise."""
     left: list[tuple[int, int]] = []
-    tiles: dict[int, Any] = {}
     fetched = fetched_bytes = decoded = decoded_bytes = into = 0
-    for number, layout, keys, positions, dests in jobs:
+    for number, layout, keys, positions, dests, places in jobs:
         try:
-            got = _frame(layout, keys, dests, tiles)
+            got = _frame(layout, keys, dests, places)
         except Exception:  # read again by the general path, whose error names the chunk
             got = None
         if got is None:
@@ -87,7 +89,7 @@ def read(jobs: list[Job]) -> list[tuple[int, int]]:
             continue
         fetched, fetched_bytes = fetched + len(keys), fetched_bytes + got
         decoded, decoded_bytes = decoded + len(keys), decoded_bytes + len(keys) * layout.chunk_bytes
-        into += len(keys) == 1 and _whole(layout)
+        into += places is None
     process_state().stats.add(
         chunks_fetched=fetched,
         bytes_fetched=fetched_bytes,
@@ -100,23 +102,22 @@ def read(jobs: list[Job]) -> list[tuple[int, int]]:
     return left
 
 
-def _frame(layout: Layout, keys: list[str], dests: list[np.ndarray], tiles: dict[int, Any]) -> int | None:
+def _frame(layout: Layout, keys: list[str], dests: list[np.ndarray], places: Places | None) -> int | None:
     """Read the chunks ``keys`` of one frame into ``dests``; the bytes read, or None when a
-    chunk is absent. ``tiles`` keeps each layout's tiles (see :func:`_tiles`)."""
-    decoder = layout.decoder
-    assert decoder is not None
-    if _whole(layout):
-        raw = read_whole(layout, keys[0], reuse=True)
+    chunk is absent (a chunk in a directory's place, or any that fails, raises)."""
+    decoder, files, bound = layout.decoder, layout.files, layout.read_bound
+    assert decoder is not None and files is not None
+    if places is None:
+        raw = files.whole(keys[0], bound, True)
         if raw is None:
             return None
         decoder.decode_into(raw, out=dests[0])
         for dest in dests[1:]:
             dest[...] = dests[0]
         return len(raw)
-    places = tiles.get(id(layout)) or tiles.setdefault(id(layout), _tiles(layout))
     got = 0
     for key, (region, within) in zip(keys, places, strict=True):
-        raw = read_whole(layout, key, reuse=True)
+        raw = files.whole(key, bound, True)
         if raw is None:
             return None
         got += len(raw)
@@ -128,13 +129,10 @@ def _frame(layout: Layout, keys: list[str], dests: list[np.ndarray], tiles: dict
     return got
 
 
-def _whole(layout: Layout) -> bool:
-    """Whether a chunk of ``layout`` is a whole frame (else tiles of one)."""
-    return layout.chunk[layout.item_axes :] == layout.item_shape
-
-
-def _tiles(layout: Layout) -> list[tuple[tuple[slice, ...], tuple[Any, ...]]]:
-    """The region of a frame each tile of ``layout`` fills, and the part of the decoded
-    tile (a whole chunk) it shows there (see ``tiles_of``)."""
+def _places(layout: Layout, parts: tuple) -> Places | None:
+    """Where each tile of a frame of ``layout`` goes (``parts``: its ``tiles_of``); None
+    when a chunk is the whole frame."""
+    if layout.chunk[layout.item_axes :] == layout.item_shape:
+        return None
     lead = (0,) * layout.item_axes
-    return [(region, (*lead, *within)) for _, region, within in tiles_of(layout)]
+    return [(region, (*lead, *within)) for _, region, within in parts]
