@@ -2,8 +2,8 @@
 
 The commonest local layouts need no plan: one frame a chunk (chunk 1, zarr v2 stores), or
 a frame cut into tiles, in a folder or a zip, unsharded. A chunk's key follows from its
-frame and its tile, and the chunk decodes straight into its frame (a tile into this
-thread's scratch, then copied into its place). Between the calls that release the GIL
+frame and its tile, and the chunk decodes straight into its frame (a tile into memory of
+its own, then copied into its place). Between the calls that release the GIL
 (open, read, decode) each chunk runs a few lines of Python: that is what bounds the rate,
 so no plan objects are made (``benchmarks/RESULTS.md``: this pass reads chunk 1, tiles
 and v2 faster than zarrs does).
@@ -76,7 +76,7 @@ def chunk_jobs(
 
 def read(jobs: list[Job]) -> list[tuple[int, int]]:
     """Read, decode and place ``jobs`` (on one thread, in turn); return (read, position) of
-    each job whose chunk was absent or failed, to read again otherwise."""
+    each item of a frame with a chunk absent or failing, to read again otherwise."""
     left: list[tuple[int, int]] = []
     fetched = fetched_bytes = decoded = decoded_bytes = into = 0
     for number, layout, keys, positions, dests, places in jobs:
@@ -129,7 +129,7 @@ def _frame(layout: Layout, keys: list[str], dests: list[np.ndarray], places: Pla
     return got
 
 
-def _places(layout: Layout, parts: tuple) -> Places | None:
+def _places(layout: Layout, parts: tuple[Any, ...]) -> Places | None:
     """Where each tile of a frame of ``layout`` goes (``parts``: its ``tiles_of``); None
     when a chunk is the whole frame."""
     if layout.chunk[layout.item_axes :] == layout.item_shape:
