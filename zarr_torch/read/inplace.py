@@ -5,8 +5,8 @@ a frame cut into tiles, in a folder or a zip, unsharded. A chunk's key follows f
 frame and its tile, and the chunk decodes straight into its frame (a tile into memory of
 its own, then copied into its place). Between the calls that release the GIL
 (open, read, decode) each chunk runs a few lines of Python: that is what bounds the rate,
-so no plan objects are made (``benchmarks/RESULTS.md``: this pass reads chunk 1, tiles
-and v2 faster than zarrs does).
+so no plan objects are made (``benchmarks/RESULTS.md``: through the dataset this pass
+reads chunk 1, tiles and v2 as fast as zarrs or faster).
 
 A chunk that is absent or fails here is not settled here: its frame is left to the read
 engine's general path (:mod:`.engine`), which reads it again, tells an absent chunk from
