@@ -67,7 +67,9 @@ def local_path(uri: str) -> str:
 
 def options_key(options: Options | None) -> str:
     """A hashable, order-independent key for storage options."""
-    return json.dumps(options or {}, sort_keys=True, default=repr)
+    if not options:  # most stores (every local one): asked for each array of every batch
+        return "{}"
+    return json.dumps(options, sort_keys=True, default=repr)
 
 
 def array_key(uri: str, path: str, options: Options | None) -> tuple[str, str, str]:

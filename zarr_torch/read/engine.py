@@ -256,8 +256,10 @@ class _Batch:
     ) -> None:
         array_ids, self.starts = np.asarray(array_ids), np.asarray(starts, dtype=np.int64)
         self.length, self.strict, self.budget = length, strict, budget
-        ids = np.unique(array_ids)
-        self.members = [np.flatnonzero(array_ids == a) for a in ids]
+        # each array's positions, found in one sort (not one pass over the batch per array)
+        order = np.argsort(array_ids, kind="stable")
+        ids, firsts = np.unique(array_ids[order], return_index=True)
+        self.members = np.split(order, firsts[1:])
         self.specs = [ArraySpec(*specs[int(a)]) for a in ids]  # the specs of this batch's arrays
         self.layouts: list[Layout | BaseException] = []
         self.reads: list[_ArrayRead] = []
@@ -335,13 +337,16 @@ class _ArrayRead:
         strict: bool,
         budget: _Budget,
     ) -> None:
-        bad = (starts < 0) | (starts + span > layout.items)
         #: the exception of every batch position that failed.
-        self.failed: dict[int, BaseException] = {
-            int(p): IndexError(f"rows {s}-{s + span - 1} are outside the array's {layout.items} rows")
-            for p, s in zip(positions[bad], starts[bad], strict=True)
-        }
-        self.layout, self.positions, self.starts = layout, positions[~bad], starts[~bad]
+        self.failed: dict[int, BaseException] = {}
+        bad = (starts < 0) | (starts + span > layout.items)
+        if bad.any():
+            self.failed = {
+                int(p): IndexError(f"rows {s}-{s + span - 1} are outside the array's {layout.items} rows")
+                for p, s in zip(positions[bad], starts[bad], strict=True)
+            }
+            positions, starts = positions[~bad], starts[~bad]
+        self.layout, self.positions, self.starts = layout, positions, starts
         self.span, self.batch, self.strict, self.budget = span, batch, strict, budget
         self.local = layout.files is not None and layout.decoder is not None
         self.tasks: list[Task] = []

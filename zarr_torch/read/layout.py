@@ -55,12 +55,12 @@ class Layout:
     #: how many leading axes address an item (see ``ArrayEntry.item_axes``).
     item_axes: int = 1
 
-    @property
+    @functools.cached_property
     def items(self) -> int:
         """How many items the array holds over its item axes."""
         return math.prod(self.shape[: self.item_axes])
 
-    @property
+    @functools.cached_property
     def item_shape(self) -> tuple[int, ...]:
         """The shape of one item: the axes after the item axes."""
         return self.shape[self.item_axes :]
