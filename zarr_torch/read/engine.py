@@ -23,7 +23,7 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,9 +78,8 @@ async def read_items(
         loop = asyncio.get_running_loop()
         if zarrs:
             await loop.run_in_executor(budget.pool, _read_compiled, batch.reads, budget)
-        parts = _in_place_parts(batch.reads, budget)
-        lefts = await asyncio.gather(*(loop.run_in_executor(budget.pool, inplace.read, p) for p in parts))
-        _leave(batch.reads, [x for left in lefts for x in left])
+        taken, futures = _start_in_place(batch.reads, budget)
+        _leave(taken, [await asyncio.wrap_future(f) for f in futures])
         await batch.read()
     process_state().stats.add(fetch_s=time.perf_counter() - started)
     return batch.out()
@@ -115,10 +114,8 @@ def read_batch(
     reads = [r for b in batches for r in b.reads]
     if zarrs:
         _read_compiled(reads, budget)
-    # on the decode threads, never this one: numcodecs' blosc, called from a process's main
-    # thread, decodes on threads of its own, past the budget
-    futures = [budget.pool.submit(inplace.read, part) for part in _in_place_parts(reads, budget)]
-    _leave(reads, [x for f in futures for x in f.result()])
+    taken, futures = _start_in_place(reads, budget)
+    _leave(taken, [f.result() for f in futures])
     if then is not None or any(b.left for b in batches):
         run(_with_options(strict, retry, [b.read() for b in batches], then))
     process_state().stats.add(fetch_s=time.perf_counter() - started)
@@ -428,26 +425,33 @@ def _read_compiled(reads: list[_ArrayRead], budget: _Budget) -> None:
         r.positions, r.starts = r.positions[left], r.starts[left]
 
 
-def _in_place_parts(reads: list[_ArrayRead], budget: _Budget) -> list[list[inplace.Job]]:
-    """The chunks of the items left to read that go in place (see :mod:`.inplace`), split
-    over the decode threads."""
+def _start_in_place(reads: list[_ArrayRead], budget: _Budget) -> tuple[list[_ArrayRead], list[Future]]:
+    """Start reading in place (see :mod:`.inplace`) the items left of the reads that go
+    that way, split over the decode threads; return those reads, and each thread's
+    outcome to come (see :func:`_leave`). On the decode threads, never the calling one:
+    numcodecs' blosc, called from a process's main thread, decodes on threads of its own,
+    past the budget."""
+    taken = [r for r in reads if len(r.positions) and inplace.usable(r.layout, r.span)]
     jobs = [
         job
-        for n, r in enumerate(reads)
-        if len(r.positions) and inplace.usable(r.layout, r.span)
+        for n, r in enumerate(taken)
         for job in inplace.chunk_jobs(n, r.layout, r.positions, r.starts, r.batch[:, 0])
     ]
-    return _split(jobs, [job[1].chunk_bytes for job in jobs], budget)
+    parts = _split(jobs, [job[1].chunk_bytes for job in jobs], budget)
+    return taken, [budget.pool.submit(inplace.read, part) for part in parts]
 
 
-def _leave(reads: list[_ArrayRead], left: list[tuple[int, int]]) -> None:
-    """Leave each read that went in place only the items of ``left`` (read number, batch
-    position): the ones whose chunks were absent or failed, for the general path."""
-    for n, r in enumerate(reads):
-        if len(r.positions) and inplace.usable(r.layout, r.span):
-            mine = [p for m, p in left if m == n]
-            again = np.isin(r.positions, mine) if mine else np.zeros(len(r.positions), dtype=bool)
-            r.positions, r.starts = r.positions[again], r.starts[again]
+def _leave(taken: list[_ArrayRead], lefts: list[list[tuple[int, int]]]) -> None:
+    """Leave each read of ``taken`` only its items in ``lefts`` (each thread's (read
+    number, batch position) pairs): those whose chunks were absent or failed, for the
+    general path."""
+    again: list[list[int]] = [[] for _ in taken]
+    for left in lefts:
+        for n, p in left:
+            again[n].append(p)
+    for r, positions in zip(taken, again, strict=True):
+        keep = np.isin(r.positions, positions) if positions else slice(0)
+        r.positions, r.starts = r.positions[keep], r.starts[keep]
 
 
 def _split(work: list[Any], chunk_bytes: list[int], budget: _Budget) -> list[list[Any]]:
