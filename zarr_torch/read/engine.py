@@ -476,7 +476,7 @@ async def _run_local(reads: list[_ArrayRead], budget: _Budget) -> None:
     parts = await asyncio.gather(
         *(
             loop.run_in_executor(budget.pool, _local_units, part)
-            for part in _split(work, [r.job.chunk_bytes for r, _ in work], budget)
+            for part in _split(work, [r.layout.chunk_bytes for r, _ in work], budget)
         )
     )
     for part in parts:
@@ -535,7 +535,6 @@ class _Decode:
         self.into = direct and one_frame_chunks(layout, span)
         #: whether a read may land in a buffer reused for the next: nothing decoded keeps it
         self.reuse = self.into or (layout.decoder is not None and layout.decoder.fresh)
-        self.chunk_bytes = layout.chunk_bytes
         #: items a chunk holds (its rows, see ``Layout.as_rows``)
         self.rows = math.prod(layout.chunk[: layout.item_axes])
         #: each item's bytes, where chunks of whole frames (one or many) decode to
@@ -589,7 +588,7 @@ class _Decode:
                 scatter(self.batch, task, buf.view(layout.dtype).reshape(rows, *row_shape), self.span)
                 return decoded, False
         self.place(i, decoder.decode(data), keep)
-        return self.chunk_bytes, False
+        return self.layout.chunk_bytes, False
 
     def _rows_into_items(self, task: Task, rows: int, data: Any) -> int:
         """Decode a chunk of whole frames row by row into the batch items that show them."""
@@ -644,7 +643,7 @@ class _Decode:
             try:
                 if self.into:
                     self.frame(i, data)
-                    decoded_bytes += self.chunk_bytes
+                    decoded_bytes += self.layout.chunk_bytes
                     into += 1
                     continue
                 nbytes, direct = self.part(i, data, keep=self.kept(i))
@@ -720,6 +719,6 @@ class _Decode:
         for i, chunk in zip(parts, chunks, strict=True):
             self.place(i, chunk, self.kept(i))
         process_state().stats.add(
-            chunks_decoded_by_zarr=len(parts), bytes_decoded=len(parts) * self.chunk_bytes
+            chunks_decoded_by_zarr=len(parts), bytes_decoded=len(parts) * self.layout.chunk_bytes
         )
         return out
