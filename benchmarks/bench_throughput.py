@@ -29,7 +29,8 @@ timed the same way):
 - datachain, when installed (chunk 1): ``ZarrSelection.read()`` and ``to_pytorch()``
 
 Layouts: chunk 1, chunk 16, sharded (64 frames a shard, 1 a chunk), spatial tiles
-(112x112 tiles), zarr v2 (blosc, chunk 1); on moto's S3 server, which holds each request
+(112x112 tiles), zarr v2 (blosc, chunk 1), a zip of v2 stores, and chunk 1's frames in
+stores of 4 frames each (many episodes); on moto's S3 server, which holds each request
 20 ms inside its own process (``servers.py``): chunk 1 and chunk 16. Then
 ``DataLoader(batch_size=64, num_workers=0/2)`` end to end against the same loader over a
 numpy memmap (2,048 frames of chunk-16 stores in ``ChunkAwareSampler`` order; the best and
@@ -88,7 +89,12 @@ LAYOUTS = {
     "tiles": {"chunk": 1, "tile": 112},
     "v2": {"chunk": 1, "zarr_format": 2, "codec": "blosc"},
     "zip": {"chunk": 1, "zarr_format": 2, "codec": "blosc"},  # then zipped, as UMI ships stores
+    "episodes": {"chunk": 1},  # chunk 1's frames, EPISODE_FRAMES a store
 }
+#: frames a store holds in the "episodes" layout: as many frames as the others, spread over
+#: many short stores (one per episode, as robotics datasets keep them), so that a batch
+#: draws on dozens of arrays.
+EPISODE_FRAMES = 4
 #: how many turns every reader of a layout takes (the first also pays one-off costs:
 #: threads, opening arrays); its best counts. With three, ratios of whole make bench runs
 #: minutes apart differed by up to 0.3 (zip against tensorstore: 0.87, then 1.20).
@@ -518,7 +524,8 @@ def ratios(r: dict[str, Any], latency: str) -> list[tuple[str, tuple[float | Non
     for name in LAYOUTS:
         for peer in ("tensorstore", "annbatch+zarrs"):
             what = f"local {name}: zarr_torch / {peer}"
-            rows.append((what, ratio(f"local {name}", "zarr_torch", peer), "≥ 1.0 (aim 1.5)"))
+            target = "" if name == "episodes" else "≥ 1.0 (aim 1.5)"  # not one of the issue's
+            rows.append((what, ratio(f"local {name}", "zarr_torch", peer), target))
     rows += [
         (
             "local chunk 1: zarr_torch / raw decode on all cores",
@@ -624,7 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
         for name in [] if args.s3_only else LAYOUTS:
-            results[f"local {name}"] = bench_layout(f"{tmp}/{name}", name, {}, args.stores, args.frames, True)
+            stores, frames = args.stores, args.frames
+            if name == "episodes":
+                stores, frames = stores * frames // EPISODE_FRAMES, EPISODE_FRAMES
+            results[f"local {name}"] = bench_layout(f"{tmp}/{name}", name, {}, stores, frames, True)
         moto, ports = start(serve_moto, [0, args.latency_ms / 1000])
         port, delayed_port = ports[0], ports[args.latency_ms / 1000]
         try:
