@@ -234,7 +234,8 @@ class ZarrFrameDataset(Dataset):
         """What this process has read: chunks, byte ranges and shard indexes fetched,
         chunks decoded by zarr_torch (straight into the batch or not) or by zarr, bytes
         fetched and decoded, read amplification (decoded / returned bytes), cache hit rate
-        and size, and seconds spent reading and decoding, and transforming.
+        and size, and seconds spent reading (``fetch_s``: planning, fetching, decoding and
+        placing) and transforming.
 
             ds.stats()["read_amplification"]  # 1.0: nothing decoded was thrown away
         """
