@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -190,19 +190,21 @@ class ZarrFrameDataset(Dataset):
         asks, places = [], []
         for index in self.indexes.values():
             specs, spec_of = index.read_specs(documents=self.trust_index)
-            requests = _requests(index, index.rows[idx])
+            rows = index.rows[idx]
+            at = _window_reads(index, rows)
+            requests = _requests(rows, at)
             asks += [(specs, spec_of[ids], starts, length) for _, ids, starts, length in requests]
-            places.append([positions for positions, _, _, _ in requests])
+            places.append((rows, at, [positions for positions, _, _, _ in requests]))
         options = {"strict": self.strict, "retry": self.retry, "zarrs": self.zarrs, **budget}
         planning = self._prefetch(ahead, budget) if ahead else None
         got = iter(read.read_batch(asks, then=planning, **options))
         reads = []
-        for index, groups in zip(self.indexes.values(), places, strict=True):
+        for rows, at, groups in places:
             items: list[Any] = [None] * len(idx)
             for positions in groups:
                 for k, item in zip(positions.tolist(), next(got), strict=True):
                     items[k] = item
-            reads.append(_windows(index, index.rows[idx], items))
+            reads.append(_windows(rows, at, items))
         return reads
 
     async def _prefetch(self, ahead: list[np.ndarray], budget: dict[str, Any]) -> None:
@@ -210,7 +212,8 @@ class ZarrFrameDataset(Dataset):
         for batch in ahead:
             for index in self.indexes.values():
                 specs, spec_of = index.read_specs(documents=self.trust_index)
-                for _, ids, starts, length in _requests(index, index.rows[batch]):
+                rows = index.rows[batch]
+                for _, ids, starts, length in _requests(rows, _window_reads(index, rows)):
                     await read.prefetch_items(specs, spec_of[ids], starts, length, cache=budget["cache"])
 
     def _budget(self) -> dict[str, Any]:
@@ -320,13 +323,26 @@ def _builds_index(source: DatasetSource) -> bool:
     return not (selections and all(isinstance(s, ZarrSelection) for s in source))
 
 
-def _window_reads(
-    index: SelectionIndex, rows: np.ndarray, window: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For window rows: each one's episode (first, end), and where and how many frames to
-    read: T frames inside the array that cover every frame the window shows (from its
-    episode's first frame when the episode is shorter), or the whole episode when the
-    array itself holds fewer than T frames."""
+class _WindowReads(NamedTuple):
+    """Where the windows of some rows are read (see :func:`_window_reads`)."""
+
+    window: int
+    #: each row's episode: its first frame and the frame after its last
+    first: np.ndarray
+    end: np.ndarray
+    #: the first frame to read for each row, and how many
+    read_at: np.ndarray
+    span: np.ndarray
+
+
+def _window_reads(index: SelectionIndex, rows: np.ndarray) -> _WindowReads | None:
+    """For window rows: each one's episode, and where and how many frames to read: T
+    frames inside the array that cover every frame the window shows (from its episode's
+    first frame when the episode is shorter), or the whole episode when the array itself
+    holds fewer than T frames. None for rows of single items."""
+    window = int(rows["length"].max()) if len(rows) else 0
+    if window == 0:
+        return None
     lengths = rows["length"]
     if (lengths != window).any():
         raise ValueError(f"an index mixes windows of {sorted(set(lengths.tolist()))} frames")
@@ -335,37 +351,33 @@ def _window_reads(
     read_at = np.where(
         end - first >= window, np.clip(rows["start"], first, end - window), np.minimum(first, size - span)
     )
-    return first, end, read_at, span
+    return _WindowReads(window, first, end, read_at, span)
 
 
 def _requests(
-    index: SelectionIndex, rows: np.ndarray
+    rows: np.ndarray, at: _WindowReads | None
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-    """What reading ``rows`` asks the read engine for: (positions in ``rows``, array ids,
-    starts, length) groups."""
-    window = int(rows["length"].max()) if len(rows) else 0
-    if window == 0:
+    """What reading ``rows`` (their windows read ``at``) asks the read engine for:
+    (positions in ``rows``, array ids, starts, length) groups."""
+    if at is None:
         return [(np.arange(len(rows)), rows["array"], rows["start"], 0)]
-    _, _, read_at, span = _window_reads(index, rows, window)
-    groups = [np.flatnonzero(span == n) for n in np.unique(span)]
-    return [(m, rows["array"][m], read_at[m], int(span[m[0]])) for m in groups]
+    groups = [np.flatnonzero(at.span == n) for n in np.unique(at.span)]
+    return [(m, rows["array"][m], at.read_at[m], int(at.span[m[0]])) for m in groups]
 
 
-def _windows(index: SelectionIndex, rows: np.ndarray, blocks: list[Any]) -> list[Any]:
+def _windows(rows: np.ndarray, at: _WindowReads | None, blocks: list[Any]) -> list[Any]:
     """The windows of ``rows`` from the blocks read for them (see :func:`_requests`): a
     block as it is, or its frames at the window's places when the window repeats an
     episode's edge frame. Items of single frames (and exceptions) pass as they are."""
-    window = int(rows["length"].max()) if len(rows) else 0
-    if window == 0:
+    if at is None:
         return blocks
-    first, end, read_at, _ = _window_reads(index, rows, window)
+    window = at.window
+    places = zip(rows["start"].tolist(), at.read_at.tolist(), at.first.tolist(), at.end.tolist(), strict=True)
     return [
         b
         if isinstance(b, BaseException) or (f <= s == r and s + window <= e)  # no edge repeated
         else b[windows.frame_positions(s, window, f, e) - r]
-        for b, s, r, f, e in zip(
-            blocks, rows["start"].tolist(), read_at.tolist(), first.tolist(), end.tolist(), strict=True
-        )
+        for b, (s, r, f, e) in zip(blocks, places, strict=True)
     ]
 
 
