@@ -21,20 +21,19 @@ import torch
 def rows(batch: torch.Tensor) -> list[torch.Tensor]:
     """The samples of ``batch``: tensors over its rows that stack back into ``batch``."""
     samples = []
-    for i, row in enumerate(batch.unbind(0)):
+    for row in batch.unbind(0):
         sample = row.as_subclass(_Row)
-        sample._batch, sample._at = batch, i
+        sample._batch = batch
         samples.append(sample)
     return samples
 
 
 class _Row(torch.Tensor):
-    """Row ``_at`` of ``_batch``. Every op on it is the plain tensor op with plain tensor
+    """A row of ``_batch``. Every op on it is the plain tensor op with plain tensor
     results, except that stacking all of a batch's rows in order along dim 0 (with no
     ``out=``) gives the batch itself instead of a copy."""
 
     _batch: torch.Tensor
-    _at: int
 
     @classmethod
     def __torch_function__(
@@ -59,7 +58,7 @@ def _whole(args: Sequence, kwargs: dict) -> torch.Tensor | None:
         return None
     row_bytes, at = batch.stride(0) * batch.element_size(), batch.data_ptr()
     in_place = all(
-        isinstance(t, _Row) and t._batch is batch and t._at == i and t.data_ptr() == at + i * row_bytes
+        isinstance(t, _Row) and t._batch is batch and t.data_ptr() == at + i * row_bytes
         for i, t in enumerate(tensors)
-    )  # every row, in order, none moved (``set_``) since
+    )  # every row, in order (its memory is row i's), none moved (``set_``) since
     return batch if in_place else None
