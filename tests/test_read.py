@@ -71,6 +71,22 @@ def test_batched_reads_equal_zarr(tmp_path, name, length, zarrs):
     assert len({f.ctypes.data - k * f.nbytes for k, f in enumerate(got)}) == 1, "views of one batch array"
 
 
+def test_a_batch_over_many_arrays_reads_every_item_and_fails_only_those_out_of_range(tmp_path):
+    write_stores(str(tmp_path / "s"), stores=12, frames=3, size=SIZE, chunk=1)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
+    specs, _ = ds.index.read_specs()
+    rng = np.random.default_rng(1)
+    ids = rng.permutation(np.repeat(np.arange(len(specs)), 4))  # every array's items scattered
+    starts = rng.integers(0, 3, len(ids))
+    starts[[5, 17]] = [3, -1]  # past the last row, before the first
+    got = process.run(read.read_items(specs, ids, starts))
+    for k, (a, s, item) in enumerate(zip(ids, starts, got, strict=True)):
+        if k in (5, 17):
+            assert isinstance(item, IndexError) and "outside the array's 3 rows" in str(item)
+        else:
+            np.testing.assert_array_equal(item, zarr.open_array(specs[a].uri, path=ARRAY, mode="r")[s])
+
+
 def test_chunks_of_one_frame_decode_straight_into_the_batch(tmp_path):
     write_stores(str(tmp_path / "s"), stores=2, frames=9, size=SIZE, chunk=1)
     ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
