@@ -85,6 +85,7 @@ def test_a_batch_over_many_arrays_reads_every_item_and_fails_only_those_out_of_r
             assert isinstance(item, IndexError) and "outside the array's 3 rows" in str(item)
         else:
             np.testing.assert_array_equal(item, zarr.open_array(specs[a].uri, path=ARRAY, mode="r")[s])
+    assert process.run(read.read_items(specs, ids[:0], starts[:0])) == [], "an empty batch reads nothing"
 
 
 def test_chunks_of_one_frame_decode_straight_into_the_batch(tmp_path):

@@ -256,7 +256,7 @@ class _Batch:
         # each array's positions, found in one sort (not one pass over the batch per array)
         order = np.argsort(array_ids, kind="stable")
         ids, firsts = np.unique(array_ids[order], return_index=True)
-        self.members = np.split(order, firsts[1:])
+        self.members = np.split(order, firsts[1:]) if len(ids) else []
         self.specs = [ArraySpec(*specs[int(a)]) for a in ids]  # the specs of this batch's arrays
         self.layouts: list[Layout | BaseException] = []
         self.reads: list[_ArrayRead] = []
