@@ -16,11 +16,11 @@ import numpy as np
 _local = threading.local()
 
 
-def scratch(nbytes: int, slot: str) -> np.ndarray:
-    """This thread's reusable flat uint8 buffer ``slot``, ``nbytes`` long: valid until the
+def scratch(nbytes: int, slot: str) -> memoryview:
+    """This thread's reusable buffer ``slot``, ``nbytes`` long (flat bytes): valid until the
     thread asks for the same slot again."""
     buf = getattr(_local, slot, None)
     if buf is None or len(buf) < nbytes:
-        buf = np.empty(nbytes, dtype=np.uint8)
+        buf = memoryview(np.empty(nbytes, dtype=np.uint8))
         setattr(_local, slot, buf)
     return buf[:nbytes]

@@ -583,7 +583,8 @@ class _Decode:
                 return self._rows_into_items(task, rows, data), True
             if rows < self.rows:  # tiles up to the last row needed, via scratch
                 row_shape = layout.chunk[1:]
-                buf = scratch(rows * math.prod(row_shape) * layout.dtype.itemsize, "rows")
+                nbytes = rows * math.prod(row_shape) * layout.dtype.itemsize
+                buf = np.frombuffer(scratch(nbytes, "rows"), np.uint8)
                 decoded = decoder.decode_rows(data, list(buf.reshape(rows, -1)))
                 scatter(self.batch, task, buf.view(layout.dtype).reshape(rows, *row_shape), self.span)
                 return decoded, False

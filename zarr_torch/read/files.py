@@ -42,7 +42,7 @@ def _pread(fd: int, size: int, offset: int, reuse: bool) -> bytes | memoryview:
     of this thread's read buffer, valid until its next such read."""
     if not reuse:
         return os.pread(fd, size, offset)
-    buf = memoryview(scratch(size, "read"))
+    buf = scratch(size, "read")
     return buf[: os.preadv(fd, [buf], offset)]
 
 
