@@ -128,11 +128,15 @@ def test_a_chunk_whose_every_item_a_batch_took_is_not_kept(tmp_path):
     np.testing.assert_array_equal(torch.stack([f for b in got for f in b]).numpy(), reference(2, 64)[order])
     assert delta(ds, before, "chunks_fetched") == 8 and delta(ds, before, "cache_bytes") == 0
     assert delta(ds, before, "chunks_decoded_into_batch") == 8, "rows straight into their items"
+    assert delta(ds, before, "chunks_read_in_one_pass") == 8 and delta(ds, before, "cache_misses") == 0
     ds.__getitems__([0, 1])  # a chunk only partly taken is kept for its other items
     assert delta(ds, before, "cache_bytes") == 16 * SIZE * SIZE * 3
+    assert delta(ds, before, "chunks_read_in_one_pass") == 8 and delta(ds, before, "cache_misses") == 1
     off = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, cache_bytes=0)
     picks = [35, 3, 35, 0, 17]  # a frame twice; chunk 2 up to row 3, chunk 0 to row 3
+    before = off.stats()
     np.testing.assert_array_equal(torch.stack(off.__getitems__(picks)).numpy(), reference(2, 64)[picks])
+    assert delta(off, before, "chunks_read_in_one_pass") == 3, "nothing kept: every chunk in one pass"
 
 
 def test_a_shard_index_is_read_once_and_adjacent_chunks_in_one_range(tmp_path):
@@ -363,18 +367,29 @@ def test_a_frame_the_one_pass_cannot_read_is_read_again_absent_or_named(tmp_path
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_workers_read_chunks_within_one_frame_in_one_pass(tmp_path, context):
-    ds = ZarrFrameDataset(one_frame_stores(tmp_path / "s", "tiles"), array=ARRAY)
+@pytest.mark.parametrize("layout", ["tiles", "chunk16"])
+def test_workers_read_local_chunks_in_one_pass(tmp_path, context, layout):
+    """Tiles in any order, and chunks of 16 frames in ``ChunkAwareSampler``'s (each batch
+    takes its chunks whole), go the one pass in every worker."""
+    if layout == "tiles":
+        ds = ZarrFrameDataset(one_frame_stores(tmp_path / "s", "tiles"), array=ARRAY)
+        order, batch_size = list(range(32)), 8
+    else:
+        write_stores(str(tmp_path / "s"), stores=2, frames=64, size=SIZE, chunk=16)
+        ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
+        order, batch_size = list(ChunkAwareSampler(ds, seed=0, buffer_blocks=2)), 32
     loader = DataLoader(
         ds,
-        batch_size=8,
+        batch_size=batch_size,
+        sampler=order,
         num_workers=2,
         multiprocessing_context=context,
         timeout=120,
         collate_fn=CollateWithStats(ds),
     )
     served = list(loader)
-    np.testing.assert_array_equal(torch.cat([b for b, _ in served]).numpy(), reference(2, 16))
+    expected = reference(2, len(ds) // 2)[order]
+    np.testing.assert_array_equal(torch.cat([b for b, _ in served]).numpy(), expected)
     assert all(stats["chunks_read_in_one_pass"] > 0 and stats["cache_misses"] == 0 for _, stats in served)
 
 

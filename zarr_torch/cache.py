@@ -29,7 +29,7 @@ class ReadStats:
     ``read_amplification`` is bytes decoded per byte returned; 1.0 means nothing decoded
     was thrown away. ``chunks_decoded_direct`` counts chunks decoded by zarr_torch's own
     decoders (of those, ``chunks_decoded_into_batch`` straight into the batch, and
-    ``chunks_read_in_one_pass`` by the one pass that reads local chunks within one frame),
+    ``chunks_read_in_one_pass`` by the one pass that reads local chunks without a plan),
     ``chunks_read_by_zarrs`` those read and decoded by zarrs' Rust reader, and
     ``chunks_decoded_by_zarr`` those left to zarr's codec pipeline.
     """

@@ -78,8 +78,8 @@ async def read_items(
         loop = asyncio.get_running_loop()
         if zarrs:
             await loop.run_in_executor(budget.pool, _read_compiled, batch.reads, budget)
-        taken, futures = _start_in_place(batch.reads, budget)
-        _leave(taken, [await asyncio.wrap_future(f) for f in futures])
+        taken, left, futures = _start_in_place(batch.reads, budget)
+        _leave(taken, [left, *[await asyncio.wrap_future(f) for f in futures]])
         await batch.read()
     process_state().stats.add(fetch_s=time.perf_counter() - started)
     return batch.out()
@@ -114,8 +114,8 @@ def read_batch(
     reads = [r for b in batches for r in b.reads]
     if zarrs:
         _read_compiled(reads, budget)
-    taken, futures = _start_in_place(reads, budget)
-    _leave(taken, [f.result() for f in futures])
+    taken, left, futures = _start_in_place(reads, budget)
+    _leave(taken, [left, *[f.result() for f in futures]])
     if then is not None or any(b.left for b in batches):
         run(_with_options(strict, retry, [b.read() for b in batches], then))
     process_state().stats.add(fetch_s=time.perf_counter() - started)
@@ -425,20 +425,24 @@ def _read_compiled(reads: list[_ArrayRead], budget: _Budget) -> None:
         r.positions, r.starts = r.positions[left], r.starts[left]
 
 
-def _start_in_place(reads: list[_ArrayRead], budget: _Budget) -> tuple[list[_ArrayRead], list[Future]]:
+def _start_in_place(
+    reads: list[_ArrayRead], budget: _Budget
+) -> tuple[list[_ArrayRead], list[tuple[int, int]], list[Future]]:
     """Start reading in place (see :mod:`.inplace`) the items left of the reads that go
-    that way, split over the decode threads; return those reads, and each thread's
-    outcome to come (see :func:`_leave`). On the decode threads, never the calling one:
-    numcodecs' blosc, called from a process's main thread, decodes on threads of its own,
-    past the budget."""
+    that way, split over the decode threads; return those reads, the items the pass left
+    to the general path, and each thread's outcome to come (see :func:`_leave`). On the
+    decode threads, never the calling one: numcodecs' blosc, called from a process's main
+    thread, decodes on threads of its own, past the budget. A chunk of several frames
+    goes that way only when no decoded chunk would be kept for it (see :mod:`.inplace`)."""
     taken = [r for r in reads if len(r.positions) and inplace.usable(r.layout, r.span)]
-    jobs = [
-        job
-        for n, r in enumerate(taken)
-        for job in inplace.chunk_jobs(n, r.layout, r.positions, r.starts, r.batch[:, 0])
-    ]
+    keep = budget.cache.budget > 0
+    jobs, left = [], []
+    for n, r in enumerate(taken):
+        more, rest = inplace.chunk_jobs(n, r.layout, r.positions, r.starts, r.batch[:, 0], keep)
+        jobs += more
+        left += rest
     parts = _split(jobs, [job[1].chunk_bytes for job in jobs], budget)
-    return taken, [budget.pool.submit(inplace.read, part) for part in parts]
+    return taken, left, [budget.pool.submit(inplace.read, part) for part in parts]
 
 
 def _leave(taken: list[_ArrayRead], lefts: list[list[tuple[int, int]]]) -> None:
@@ -536,7 +540,7 @@ class _Decode:
         #: whether a read may land in a buffer reused for the next: nothing decoded keeps it
         self.reuse = self.into or (layout.decoder is not None and layout.decoder.fresh)
         #: items a chunk holds (its rows, see ``Layout.as_rows``)
-        self.rows = math.prod(layout.chunk[: layout.item_axes])
+        self.rows = layout.rows
         #: each item's bytes, where chunks of whole frames (one or many) decode to
         whole = span == 1 and layout.chunk[layout.item_axes :] == layout.item_shape
         self.items = batch.reshape(len(batch), -1).view(np.uint8) if whole else None

@@ -1,63 +1,75 @@
-"""In place: local chunks that each lie within one frame, read, decoded and placed in one pass.
+"""In place: local chunks of whole frames, or within one frame, read, decoded and placed in one pass.
 
-The commonest local layouts need no plan: one frame a chunk (chunk 1, zarr v2 stores), or
-a frame cut into tiles, in a folder or a zip, unsharded. A chunk's key follows from its
-frame and its tile, and the chunk decodes straight into its frame (a tile into memory of
-its own, then copied into its place). Between the calls that release the GIL
-(open, read, decode) each chunk runs a few lines of Python: that is what bounds the rate,
-so no plan objects are made (``benchmarks/RESULTS.md``: through the dataset this pass
-reads chunk 1, tiles and v2 as fast as zarrs or faster).
+The commonest local layouts need no plan: one frame a chunk (chunk 1, zarr v2 stores), a
+frame cut into tiles, or a chunk of several whole frames (chunk 16), in a folder or a
+zip, unsharded. A chunk's key follows from its frame and its tile, and the chunk decodes
+straight into its frames (a tile into memory of its own, then copied into its place).
+Between the calls that release the GIL (open, read, decode) each chunk runs a few lines
+of Python: that is what bounds the rate, so no plan objects are made
+(``benchmarks/RESULTS.md``: through the dataset this pass reads chunk 1, tiles and v2 as
+fast as zarrs or faster).
 
-A chunk that is absent or fails here is not settled here: its frame is left to the read
-engine's general path (:mod:`.engine`), which reads it again, tells an absent chunk from
+A chunk of several frames comes this way only when no decoded chunk is kept for it: the
+batch takes every frame it holds (as in ``ChunkAwareSampler``'s order), or the cache is
+off. Its rows stream into the frames that show them, and a zstd chunk file is read no
+further than the last row needed. Any other is left to the read engine (which keeps it).
+
+A chunk that is absent or fails here is not settled here: its frames are left to the read
+engine's general path (:mod:`.engine`), which reads them again, tells an absent chunk from
 a store that changed, and names the chunk in its error.
 
-    jobs = chunk_jobs(0, layout, positions, starts, frames)
-    left = read(jobs)             # (read, position) of every frame to read again otherwise
+    jobs, left = chunk_jobs(0, layout, positions, starts, frames, keep=False)
+    left += read(jobs)          # (read, position) of every item to read otherwise
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from zarr_torch.process import process_state
+from zarr_torch.read.files import FolderFiles
 from zarr_torch.read.layout import Layout
 from zarr_torch.read.plan import tiles_of
 
 #: where each tile of a frame goes: its region of the frame, and the part of the decoded
 #: tile (a whole chunk) that the frame shows there.
 Places = list[tuple[tuple[slice, ...], tuple[Any, ...]]]
-#: one frame to read: (read number, layout, its chunks' keys, the batch positions that
-#: show it, where it goes in each, its tiles' places). A frame that is one chunk has no
-#: places, and goes to its bytes in the batch.
-Job = tuple[int, Layout, list[str], list[int], list[np.ndarray], Places | None]
+#: one frame, or one chunk of whole frames, to read: (read number, layout, its chunks'
+#: keys, the batch positions it serves, the frames each of its rows goes to, its tiles'
+#: places). A frame cut into tiles is one row; chunks of whole frames have no places, and
+#: go to the frames' bytes in the batch.
+Job = tuple[int, Layout, list[str], list[int], list[list[np.ndarray]], Places | None]
 
 
 def usable(layout: Layout, span: int) -> bool:
     """Whether chunks of ``layout`` read for items of ``span`` rows go this way: local,
-    unsharded, each within one item, decoded by zarr_torch into given memory."""
+    unsharded, each within one item or of whole items along one axis, decoded by
+    zarr_torch into given memory."""
     return (
         span == 1
         and layout.files is not None
         and layout.shard is None
         and layout.decoder is not None
         and layout.decoder.into
-        and math.prod(layout.chunk[: layout.item_axes]) == 1
+        and (layout.rows == 1 or _by_rows(layout))
     )
 
 
 def chunk_jobs(
-    read: int, layout: Layout, positions: np.ndarray, starts: np.ndarray, frames: np.ndarray
-) -> list[Job]:
+    read: int, layout: Layout, positions: np.ndarray, starts: np.ndarray, frames: np.ndarray, keep: bool
+) -> tuple[list[Job], list[tuple[int, int]]]:
     """The jobs of items ``starts`` of ``layout`` (see :func:`usable`) into
-    ``frames[positions]``, for read number ``read``: one a frame, however many items show it."""
-    k = layout.item_axes
+    ``frames[positions]``, for read number ``read``: one a frame or a chunk of frames,
+    however many items show it; and (read, position) of the items left to the read engine
+    (chunks of several frames that would be kept, when ``keep``: see the module's notes)."""
     at: dict[int, list[int]] = {}  # each frame's positions
     for p, s in zip(positions.tolist(), starts.tolist(), strict=True):
         at.setdefault(s, []).append(p)
+    if _by_rows(layout):
+        return _row_jobs(read, layout, at, frames, keep)
+    k = layout.item_axes
     parts = tiles_of(layout)
     tails = [coords for coords, _, _ in parts]
     if k == 1:
@@ -69,9 +81,30 @@ def chunk_jobs(
     if places is None:
         frames = frames.reshape(len(frames), -1).view(np.uint8)
     return [
-        (read, layout, keys[j * n : (j + 1) * n], ps, [frames[p] for p in ps], places)
+        (read, layout, keys[j * n : (j + 1) * n], ps, [[frames[p] for p in ps]], places)
         for j, ps in enumerate(at.values())
-    ]
+    ], []
+
+
+def _row_jobs(
+    read: int, layout: Layout, at: dict[int, list[int]], frames: np.ndarray, keep: bool
+) -> tuple[list[Job], list[tuple[int, int]]]:
+    """:func:`chunk_jobs` of chunks of several whole frames, ``at``: each frame's positions."""
+    rows, frames = layout.rows, frames.reshape(len(frames), -1).view(np.uint8)
+    chunks: dict[int, dict[int, list[int]]] = {}  # each chunk's rows' positions
+    for s, ps in at.items():
+        chunks.setdefault(s // rows, {})[s % rows] = ps
+    (tail,) = [coords for coords, _, _ in tiles_of(layout)]
+    jobs: list[Job] = []
+    left: list[tuple[int, int]] = []
+    for c, held in chunks.items():
+        if keep and len(held) < min(rows, layout.items - c * rows):  # kept for later batches
+            left += [(read, p) for ps in held.values() for p in ps]
+            continue
+        dests = [[frames[p] for p in held.get(r, ())] for r in range(max(held) + 1)]
+        key = layout.store_key((c, *tail))
+        jobs.append((read, layout, [key], [p for ps in held.values() for p in ps], dests, None))
+    return jobs, left
 
 
 def read(jobs: list[Job]) -> list[tuple[int, int]]:
@@ -81,14 +114,14 @@ def read(jobs: list[Job]) -> list[tuple[int, int]]:
     fetched = fetched_bytes = decoded = decoded_bytes = into = 0
     for number, layout, keys, positions, dests, places in jobs:
         try:
-            got = _frame(layout, keys, dests, places)
+            got = _job(layout, keys, dests, places)
         except Exception:  # read again by the general path, whose error names the chunk
             got = None
         if got is None:
             left += [(number, p) for p in positions]
             continue
-        fetched, fetched_bytes = fetched + len(keys), fetched_bytes + got
-        decoded, decoded_bytes = decoded + len(keys), decoded_bytes + len(keys) * layout.chunk_bytes
+        fetched, fetched_bytes = fetched + len(keys), fetched_bytes + got[0]
+        decoded, decoded_bytes = decoded + len(keys), decoded_bytes + got[1]
         into += places is None
     process_state().stats.add(
         chunks_fetched=fetched,
@@ -102,19 +135,58 @@ def read(jobs: list[Job]) -> list[tuple[int, int]]:
     return left
 
 
-def _frame(layout: Layout, keys: list[str], dests: list[np.ndarray], places: Places | None) -> int | None:
-    """Read the chunks ``keys`` of one frame into ``dests``; the bytes read, or None when a
-    chunk is absent (a chunk in a directory's place, or any that fails, raises)."""
+def _job(
+    layout: Layout, keys: list[str], dests: list[list[np.ndarray]], places: Places | None
+) -> tuple[int, int] | None:
+    """Read the chunks ``keys`` of one frame, or one chunk of frames, into ``dests``; the
+    bytes read and decoded, or None when a chunk is absent (a chunk in a directory's
+    place, or any that fails, raises)."""
+    if places is not None:
+        return _tiles(layout, keys, dests[0], places)
+    got = (_chunk_rows if _by_rows(layout) else _frame_chunk)(layout, keys[0], dests)
+    if got is not None:
+        for row in dests:
+            for dest in row[1:]:
+                dest[...] = row[0]
+    return got
+
+
+def _frame_chunk(layout: Layout, key: str, dests: list[list[np.ndarray]]) -> tuple[int, int] | None:
+    """Read chunk ``key``, one whole frame, straight into the first of ``dests[0]``."""
+    decoder, files = layout.decoder, layout.files
+    assert decoder is not None and files is not None
+    raw = files.whole(key, layout.read_bound, True)
+    if raw is None:
+        return None
+    decoder.decode_into(raw, out=dests[0][0])
+    return len(raw), layout.chunk_bytes
+
+
+def _chunk_rows(layout: Layout, key: str, dests: list[list[np.ndarray]]) -> tuple[int, int] | None:
+    """Decode the rows of chunk ``key`` that ``dests`` holds frames for, each into the first
+    of them; a zstd chunk file of a folder streams, read no further than the last row."""
+    decoder, files = layout.decoder, layout.files
+    assert decoder is not None and files is not None
+    firsts = [row[0] if row else None for row in dests]
+    if decoder.streams and isinstance(files, FolderFiles):
+        file = files.open(key)
+        if file is None:
+            return None
+        with file:
+            decoded = decoder.decode_rows(file, firsts)
+            return file.tell(), decoded
+    raw = files.whole(key, layout.read_bound, True)
+    if raw is None:
+        return None
+    return len(raw), decoder.decode_rows(raw, firsts)
+
+
+def _tiles(
+    layout: Layout, keys: list[str], dests: list[np.ndarray], places: Places
+) -> tuple[int, int] | None:
+    """Read the tiles ``keys`` of one frame into their places in ``dests``."""
     decoder, files, bound = layout.decoder, layout.files, layout.read_bound
     assert decoder is not None and files is not None
-    if places is None:
-        raw = files.whole(keys[0], bound, True)
-        if raw is None:
-            return None
-        decoder.decode_into(raw, out=dests[0])
-        for dest in dests[1:]:
-            dest[...] = dests[0]
-        return len(raw)
     got = 0
     for key, (region, within) in zip(keys, places, strict=True):
         raw = files.whole(key, bound, True)
@@ -126,13 +198,18 @@ def _frame(layout: Layout, keys: list[str], dests: list[np.ndarray], places: Pla
         part = decoder.decode(raw)[within]
         for dest in dests:
             dest[region] = part
-    return got
+    return got, len(keys) * layout.chunk_bytes
+
+
+def _by_rows(layout: Layout) -> bool:
+    """Whether a chunk of ``layout`` holds several whole frames, along one axis."""
+    return layout.rows > 1 and layout.item_axes == 1 and layout.whole_items
 
 
 def _places(layout: Layout, parts: tuple[Any, ...]) -> Places | None:
     """Where each tile of a frame of ``layout`` goes (``parts``: its ``tiles_of``); None
     when a chunk is the whole frame."""
-    if layout.chunk[layout.item_axes :] == layout.item_shape:
+    if layout.whole_items:
         return None
     lead = (0,) * layout.item_axes
     return [(region, (*lead, *within)) for _, region, within in parts]

@@ -66,6 +66,16 @@ class Layout:
         return self.shape[self.item_axes :]
 
     @functools.cached_property
+    def rows(self) -> int:
+        """How many items a chunk holds (its rows, see :meth:`as_rows`)."""
+        return math.prod(self.chunk[: self.item_axes])
+
+    @functools.cached_property
+    def whole_items(self) -> bool:
+        """Whether a chunk holds its items whole, rather than a part (a tile) of one."""
+        return self.chunk[self.item_axes :] == self.item_shape
+
+    @functools.cached_property
     def grid(self) -> tuple[int, ...]:
         """Chunks per axis."""
         return tuple(-(-n // c) for n, c in zip(self.shape, self.chunk, strict=True))
