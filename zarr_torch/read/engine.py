@@ -18,7 +18,6 @@ not read take the steps above. Asked to (``zarrs=True``), zarrs' Rust reader
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import math
 import time
@@ -491,20 +490,15 @@ async def _run_local(reads: list[_ArrayRead], budget: _Budget) -> None:
 
 def _local_units(work: list[tuple[_ArrayRead, Unit]]) -> list[tuple[_ArrayRead, int, BaseException | None]]:
     """Read, decode and assemble units of local stores (on a decode thread). A chunk that
-    decodes to new memory is read into the thread's reusable buffer; one that streams, a
-    little at a time from its open file."""
+    decodes to new memory is read into the thread's reusable buffer."""
     out, counts = [], dict.fromkeys(_COUNTS, 0)
     for r, unit in work:
         try:
-            raw = read_local(r.layout, unit, reuse=r.job.reuse, stream=r.job.streams(unit))
+            raw = read_local(r.layout, unit, reuse=r.job.reuse)
         except Exception as exc:
             out += [(r, i, exc) for i, _, _ in unit.parts]
             continue
-        try:
-            out += [(r, i, v) for i, v in r.job.unit(unit, raw, counts).items()]
-        finally:
-            if type(raw) is io.FileIO:  # a chunk file, open to stream from
-                raw.close()
+        out += [(r, i, v) for i, v in r.job.unit(unit, raw, counts).items()]
     process_state().stats.add(**counts)
     return out
 
@@ -546,17 +540,6 @@ class _Decode:
         self.items = batch.reshape(len(batch), -1).view(np.uint8) if whole else None
         #: whether chunks of several rows may decode row by row (see :meth:`part`)
         self.by_rows = direct and self.rows > 1 and layout.item_axes == 1
-        #: whether chunk files may be read only as far as their rows the batch needs:
-        #: chunks of whole frames, that the decoder streams (see :meth:`streams`)
-        self.may_stream = self.by_rows and self.items is not None and layout.decoder.streams
-        self._kept: list[bool | None] = [None] * len(tasks)  # see kept
-
-    def streams(self, unit: Unit) -> bool:
-        """Whether to read ``unit``'s chunk file only as far as the decoder gets, straight
-        into the batch items (see :func:`read_local`): a whole chunk file not kept, with
-        the cache on or off. Its bytes then pass through the decoder's small input buffer
-        rather than a buffer of the whole chunk."""
-        return self.may_stream and unit.start is None and not self.kept(unit.parts[0][0])
 
     def frame(self, i: int, data: Any) -> None:
         """Decode one-frame chunk ``data`` of task ``i`` straight into the first batch
@@ -613,15 +596,9 @@ class _Decode:
     def kept(self, i: int) -> bool:
         """Whether to keep task ``i``'s chunk: not when this batch took every item it holds
         (as a sampler that visits each item once an epoch, like ``ChunkAwareSampler``,
-        does), as no later batch of the epoch needs it. Worked out once a task: a local
-        chunk is asked about before its read (see :meth:`streams`) and again to decode."""
-        known = self._kept[i]
-        if known is None:
-            task = self.tasks[i]
-            known = self._kept[i] = self.keep and not (
-                self.span == 1 and len(np.unique(task.src)) == self.rows
-            )
-        return known
+        does), as no later batch of the epoch needs it. Local chunks of whole frames not
+        kept go the one pass instead (see :mod:`.inplace`)."""
+        return self.keep and not (self.span == 1 and len(np.unique(self.tasks[i].src)) == self.rows)
 
     def place(self, i: int, chunk: np.ndarray, keep: bool) -> None:
         """Copy a decoded chunk of task ``i`` into the batch; ``keep`` it in the cache
@@ -639,8 +616,7 @@ class _Decode:
             return self.absent(unit)
         out: dict[int, BaseException | None] = {}
         decoded_bytes = into = 0
-        streamed = type(raw) is io.FileIO  # a whole chunk file, open (see read_local)
-        view = raw if streamed or type(raw) is memoryview else memoryview(raw)
+        view = raw if type(raw) is memoryview else memoryview(raw)
         for i, offset, length in unit.parts:
             data = (
                 view if length < 0 and not offset else view[offset : None if length < 0 else offset + length]
@@ -659,7 +635,7 @@ class _Decode:
             into += direct
         decoded = len(unit.parts) - len(out)
         counts["chunks_fetched"] += len(unit.parts)
-        counts["bytes_fetched"] += raw.tell() if streamed else len(view)
+        counts["bytes_fetched"] += len(view)
         counts["chunks_decoded_direct"] += decoded
         counts["chunks_decoded_into_batch"] += into
         counts["bytes_decoded"] += decoded_bytes

@@ -16,7 +16,6 @@ its index says, or a directory, is a :class:`ShardError`.
 
 from __future__ import annotations
 
-import io
 import math
 import struct
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
 
 from zarr_torch.process import process_state
-from zarr_torch.read.files import FolderFiles, IsAFolder
+from zarr_torch.read.files import IsAFolder
 from zarr_torch.read.layout import Layout
 from zarr_torch.read.plan import Task
 from zarr_torch.storage import MissingChunkError
@@ -179,18 +178,13 @@ async def _decode_index(layout: Layout, raw: bytes, key: str) -> np.ndarray:
     return np.asarray(decoded.offsets_and_lengths).reshape(-1, 2)
 
 
-def read_local(
-    layout: Layout, unit: Unit, reuse: bool = False, stream: bool = False
-) -> bytes | memoryview | io.FileIO | None:
+def read_local(layout: Layout, unit: Unit, reuse: bool = False) -> bytes | memoryview | None:
     """The bytes of ``unit`` read in place (a folder's file, a zip's member); None when its
     object is absent. With ``reuse``, a view of this thread's read buffer (see
-    :mod:`.files`), valid until its next read; with ``stream``, a whole file of a folder
-    store is returned open instead, for the decoder to read only as far as it needs."""
+    :mod:`.files`), valid until its next read."""
     assert layout.files is not None
     if unit.start is None:
         try:
-            if stream and isinstance(layout.files, FolderFiles):
-                return layout.files.open(unit.key)
             return layout.files.whole(unit.key, layout.read_bound, reuse)
         except IsAFolder as exc:
             raise ShardError(str(exc)) from None

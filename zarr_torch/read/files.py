@@ -73,7 +73,7 @@ class FolderFiles:
 
     def open(self, key: str) -> io.FileIO | None:
         """The file, open to be read a little at a time (an unbuffered ``io.FileIO``, which
-        the read engine closes); None when absent."""
+        the caller closes); None when absent."""
         try:
             return open(self.root + key, "rb", buffering=0)
         except FileNotFoundError:
