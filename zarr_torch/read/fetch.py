@@ -183,12 +183,12 @@ def read_local(layout: Layout, unit: Unit, reuse: bool = False) -> bytes | memor
     object is absent. With ``reuse``, a view of this thread's read buffer (see
     :mod:`.files`), valid until its next read."""
     assert layout.files is not None
-    if unit.start is None:
-        try:
+    try:
+        if unit.start is None:
             return layout.files.whole(unit.key, layout.read_bound, reuse)
-        except IsAFolder as exc:
-            raise ShardError(str(exc)) from None
-    data = layout.files.span(unit.key, unit.start, unit.stop, reuse)
+        data = layout.files.span(unit.key, unit.start, unit.stop, reuse)
+    except IsAFolder as exc:
+        raise ShardError(str(exc)) from None
     if data is None:
         raise ShardError(f"shard {unit.key!r} disappeared after its index was read")
     return _checked(unit, data)

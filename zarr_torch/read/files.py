@@ -68,6 +68,8 @@ class FolderFiles:
                 parts.append(block)
                 bound += len(block)
             return b"".join(parts)
+        except IsADirectoryError:  # a folder opens; reading it fails
+            raise IsAFolder(f"{key!r} is a directory, not a file") from None
         finally:
             os.close(fd)
 
@@ -89,6 +91,8 @@ class FolderFiles:
             return None
         try:
             return _pread(fd, stop - start, start, reuse)
+        except IsADirectoryError:
+            raise IsAFolder(f"{key!r} is a directory, not a file") from None
         finally:
             os.close(fd)
 
