@@ -280,6 +280,37 @@ def test_a_broken_shard_is_an_error_never_zeros(tmp_path, damage, strict):
     assert "shard" in str(err.value) and err.value.__cause__ is not None
 
 
+@pytest.mark.parametrize("damage", ["truncated", "directory"])
+def test_chunks_of_shards_whose_index_is_kept_are_read_in_one_pass(tmp_path, damage):
+    """The first batch reads each shard's index the general way; later batches find their
+    chunks in the indexes kept and read them in one pass. A shard cut short, or a folder
+    in its place, after its index was read is an error naming store, array and index."""
+    uris = write_stores(str(tmp_path / "s"), stores=2, frames=32, size=SIZE, chunk=1, shard=16)
+    ds = ZarrFrameDataset(uris, array=ARRAY)
+    expected = reference(2, 32)
+    before = ds.stats()
+    np.testing.assert_array_equal(
+        torch.stack(ds.__getitems__([0, 16, 32, 48])).numpy(), expected[[0, 16, 32, 48]]
+    )
+    assert (
+        delta(ds, before, "shard_indexes_fetched") == 4 and delta(ds, before, "chunks_read_in_one_pass") == 0
+    )
+    before = ds.stats()
+    picks = [5, 21, 37, 53, 5]
+    np.testing.assert_array_equal(torch.stack(ds.__getitems__(picks)).numpy(), expected[picks])
+    assert delta(ds, before, "chunks_read_in_one_pass") == 4, "frame 5 twice: read once, copied"
+    assert delta(ds, before, "shard_indexes_fetched") == 0 and delta(ds, before, "cache_misses") == 0
+    shard = Path(uris[0], ARRAY, "c", "1", "0", "0", "0")  # frames 16-31 of the first store
+    if damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    else:
+        shard.unlink()
+        shard.mkdir()
+    with pytest.raises(ReadError, match=r"sample 30: array 'data/camera0_rgb' in store .*index 30") as err:
+        ds.__getitems__([3, 30])
+    assert ("truncated" if damage == "truncated" else "is a directory, not a file") in str(err.value)
+
+
 def test_an_absent_shard_reads_as_the_fill_value_or_fails_when_strict(tmp_path):
     uri = write_store(str(tmp_path / "ep.zarr"), 0, [32], size=SIZE, chunk=1, shard=16)
     (tmp_path / "ep.zarr" / "data" / "camera0_rgb" / "c" / "1" / "0" / "0" / "0").unlink()

@@ -61,14 +61,8 @@ async def plan_fetch(
     chunks (:data:`ABSENT`, or ``MissingChunkError`` when ``strict``) and failed shards."""
     if layout.shard is None:
         return [Unit(layout.store_key(tasks[i].coords), parts=[(i, 0, -1)]) for i in todo], {}
-    # plain ints: a batch's few chunks per shard cost more in numpy calls than in arithmetic
-    per_shard = layout.chunks_per_shard
-    strides = [math.prod(per_shard[k + 1 :]) for k in range(len(per_shard))]
     by_shard: dict[tuple[int, ...], list[tuple[int, int]]] = {}
-    for i in todo:
-        coords = tasks[i].coords
-        shard = tuple(c // n for c, n in zip(coords, per_shard, strict=True))
-        inner = sum(c % n * s for c, n, s in zip(coords, per_shard, strides, strict=True))
+    for i, (shard, inner) in zip(todo, locate(layout, [tasks[i].coords for i in todo]), strict=True):
         by_shard.setdefault(shard, []).append((i, inner))
     settled: dict[int, BaseException | None] = {}
     units: list[Unit] = []
@@ -91,6 +85,36 @@ async def plan_fetch(
                 spans.append((offset, length, i))
         units += _coalesce(key, sorted(spans))
     return units, settled
+
+
+def locate(layout: Layout, chunks: list[tuple[int, ...]]) -> list[tuple[tuple[int, ...], int]]:
+    """The shard of each chunk at grid coordinates ``chunks``, and the chunk's place in
+    that shard's index (C order)."""
+    # plain ints: a batch's few chunks per shard cost more in numpy calls than in arithmetic
+    per_shard = layout.chunks_per_shard
+    strides = [math.prod(per_shard[k + 1 :]) for k in range(len(per_shard))]
+    return [
+        (
+            tuple(c // n for c, n in zip(coords, per_shard, strict=True)),
+            sum(c % n * s for c, n, s in zip(coords, per_shard, strides, strict=True)),
+        )
+        for coords in chunks
+    ]
+
+
+def known_ranges(layout: Layout, chunks: list[tuple[int, ...]]) -> list[tuple[str, int, int] | None]:
+    """(shard key, offset, length) of each chunk at grid coordinates ``chunks`` whose
+    shard's index this process holds; None for any other, and for a chunk its shard does
+    not hold (what :func:`plan_fetch` then finds out)."""
+    indexes: dict[tuple[int, ...], np.ndarray | None] = {}
+    out: list[tuple[str, int, int] | None] = []
+    for shard, inner in locate(layout, chunks):
+        if shard not in indexes:
+            indexes[shard] = process_state().shard_indexes.get((layout.name, shard))
+        index = indexes[shard]
+        offset = EMPTY if index is None else index.item(inner, 0)
+        out.append(None if offset == EMPTY else (layout.store_key(shard), offset, index.item(inner, 1)))
+    return out
 
 
 def absent(what: str, strict: bool) -> BaseException | None:

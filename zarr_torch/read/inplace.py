@@ -1,8 +1,9 @@
 """In place: local chunks of whole frames, or within one frame, read, decoded and placed in one pass.
 
-The commonest local layouts need no plan: one frame a chunk (chunk 1, zarr v2 stores), a
-frame cut into tiles, or a chunk of several whole frames (chunk 16), in a folder or a
-zip, unsharded. A chunk's key follows from its frame and its tile, and the chunk decodes
+The commonest local layouts need no plan: one frame a chunk (chunk 1, zarr v2 stores,
+sharded v3), a frame cut into tiles, or a chunk of several whole frames (chunk 16), in a
+folder or a zip. A chunk's key follows from its frame and its tile (in a shard, its
+range from the shard's index, once the read engine has read that), and the chunk decodes
 straight into its frames (a tile into memory of its own, then copied into its place).
 Between the calls that release the GIL (open, read, decode) each chunk runs a few lines
 of Python: that is what bounds the rate, so no plan objects are made
@@ -29,31 +30,33 @@ from typing import Any
 import numpy as np
 
 from zarr_torch.process import process_state
-from zarr_torch.read.files import FolderFiles
+from zarr_torch.read.fetch import known_ranges
+from zarr_torch.read.files import FolderFiles, ZipMembers
 from zarr_torch.read.layout import Layout
 from zarr_torch.read.plan import tiles_of
 
 #: where each tile of a frame goes: its region of the frame, and the part of the decoded
 #: tile (a whole chunk) that the frame shows there.
 Places = list[tuple[tuple[slice, ...], tuple[Any, ...]]]
+#: where a chunk's bytes are: a file (a zip's member), or (shard, offset, length) of a shard.
+Key = str | tuple[str, int, int]
 #: one frame, or one chunk of whole frames, to read: (read number, layout, its chunks'
 #: keys, the batch positions it serves, the frames each of its rows goes to, its tiles'
 #: places). A frame cut into tiles is one row; chunks of whole frames have no places, and
 #: go to the frames' bytes in the batch.
-Job = tuple[int, Layout, list[str], list[int], list[list[np.ndarray]], Places | None]
+Job = tuple[int, Layout, list[Key], list[int], list[list[np.ndarray]], Places | None]
 
 
 def usable(layout: Layout, span: int) -> bool:
     """Whether chunks of ``layout`` read for items of ``span`` rows go this way: local,
-    unsharded, each within one item or of whole items along one axis, decoded by
-    zarr_torch into given memory."""
+    decoded by zarr_torch into given memory, and each within one item (in a shard or
+    not) or, unsharded, of whole items along one axis."""
     return (
         span == 1
         and layout.files is not None
-        and layout.shard is None
         and layout.decoder is not None
         and layout.decoder.into
-        and (layout.rows == 1 or _by_rows(layout))
+        and (layout.rows == 1 or (_by_rows(layout) and layout.shard is None))
     )
 
 
@@ -72,18 +75,25 @@ def chunk_jobs(
     k = layout.item_axes
     parts = tiles_of(layout)
     tails = [coords for coords, _, _ in parts]
-    if k == 1:
-        keys = layout.store_keys(list(at), tails)
-    else:  # items over several axes: each one's chunk coordinates on them
+    keys: list[Key | None]
+    if k == 1 and layout.shard is None:
+        keys = list(layout.store_keys(list(at), tails))
+    else:  # each item's chunk coordinates (on several axes, or to find in its shard)
         leads = zip(*(a.tolist() for a in np.unravel_index(list(at), layout.shape[:k])), strict=True)
-        keys = [layout.store_key((*lead, *tail)) for lead in leads for tail in tails]
+        chunks = [(*lead, *tail) for lead in leads for tail in tails]
+        keys = known_ranges(layout, chunks) if layout.shard else [layout.store_key(c) for c in chunks]
     n, places = len(tails), _places(layout, parts)
     if places is None:
         frames = frames.reshape(len(frames), -1).view(np.uint8)
-    return [
-        (read, layout, keys[j * n : (j + 1) * n], ps, [[frames[p] for p in ps]], places)
-        for j, ps in enumerate(at.values())
-    ], []
+    jobs: list[Job] = []
+    left: list[tuple[int, int]] = []
+    for j, ps in enumerate(at.values()):
+        mine = keys[j * n : (j + 1) * n]
+        if None in mine:  # a shard index not read yet, or a chunk its shard lacks
+            left += [(read, p) for p in ps]
+        else:
+            jobs.append((read, layout, mine, ps, [[frames[p] for p in ps]], places))  # type: ignore[arg-type]
+    return jobs, left
 
 
 def _row_jobs(
@@ -136,7 +146,7 @@ def read(jobs: list[Job]) -> list[tuple[int, int]]:
 
 
 def _job(
-    layout: Layout, keys: list[str], dests: list[list[np.ndarray]], places: Places | None
+    layout: Layout, keys: list[Key], dests: list[list[np.ndarray]], places: Places | None
 ) -> tuple[int, int] | None:
     """Read the chunks ``keys`` of one frame, or one chunk of frames, into ``dests``; the
     bytes read and decoded, or None when a chunk is absent (a chunk in a directory's
@@ -151,11 +161,11 @@ def _job(
     return got
 
 
-def _frame_chunk(layout: Layout, key: str, dests: list[list[np.ndarray]]) -> tuple[int, int] | None:
+def _frame_chunk(layout: Layout, key: Key, dests: list[list[np.ndarray]]) -> tuple[int, int] | None:
     """Read chunk ``key``, one whole frame, straight into the first of ``dests[0]``."""
     decoder, files = layout.decoder, layout.files
     assert decoder is not None and files is not None
-    raw = files.whole(key, layout.read_bound, True)
+    raw = _stored(files, key, layout.read_bound)
     if raw is None:
         return None
     decoder.decode_into(raw, out=dests[0][0])
@@ -182,14 +192,14 @@ def _chunk_rows(layout: Layout, key: str, dests: list[list[np.ndarray]]) -> tupl
 
 
 def _tiles(
-    layout: Layout, keys: list[str], dests: list[np.ndarray], places: Places
+    layout: Layout, keys: list[Key], dests: list[np.ndarray], places: Places
 ) -> tuple[int, int] | None:
     """Read the tiles ``keys`` of one frame into their places in ``dests``."""
     decoder, files, bound = layout.decoder, layout.files, layout.read_bound
     assert decoder is not None and files is not None
     got = 0
     for key, (region, within) in zip(keys, places, strict=True):
-        raw = files.whole(key, bound, True)
+        raw = _stored(files, key, bound)
         if raw is None:
             return None
         got += len(raw)
@@ -199,6 +209,16 @@ def _tiles(
         for dest in dests:
             dest[region] = part
     return got, len(keys) * layout.chunk_bytes
+
+
+def _stored(files: FolderFiles | ZipMembers, key: Key, bound: int) -> bytes | memoryview | None:
+    """The stored bytes of chunk ``key``, in this thread's read buffer; None when absent,
+    or a shard's range comes short (the read engine then tells which)."""
+    if type(key) is str:
+        return files.whole(key, bound, True)
+    shard, offset, length = key
+    data = files.span(shard, offset, offset + length, True)
+    return data if data is not None and len(data) == length else None
 
 
 def _by_rows(layout: Layout) -> bool:
