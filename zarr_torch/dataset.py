@@ -60,11 +60,11 @@ class ZarrFrameDataset(Dataset):
     Each process keeps decoded chunks in an LRU cache of ``cache_bytes`` (see
     :meth:`stats`). Each ``DataLoader`` worker limits its decode and torch threads to
     ``threads`` (default: cores // workers) so workers do not oversubscribe the cores.
-    Frames of unsharded local arrays are read in one pass (:mod:`zarr_torch.read.inplace`)
-    where a chunk holds one frame (whole or as tiles), or several whole frames that the
-    cache would not keep; ``zarrs=True`` hands the one-frame chunks of local folders to
-    zarrs' Rust reader first (:mod:`zarr_torch.read.compiled`), slower on the benchmark's
-    two cores.
+    Frames of local arrays are read in one pass (:mod:`zarr_torch.read.inplace`) where a
+    chunk holds one frame (whole or as tiles; in a shard once the process keeps its
+    index), or, unsharded, several whole frames that the cache would not keep;
+    ``zarrs=True`` hands the unsharded one-frame chunks of local folders to zarrs' Rust
+    reader first (:mod:`zarr_torch.read.compiled`), slower on the benchmark's two cores.
     """
 
     def __init__(

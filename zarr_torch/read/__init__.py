@@ -8,8 +8,9 @@
 - :mod:`.assemble`: copying decoded rows into one preallocated batch array.
 - :mod:`.buffers`: the buffers each decode thread reuses for what it reads and decodes.
 - :mod:`.inplace`: the four steps in one pass for local chunks that each lie within one
-  frame (one frame a chunk, or its tiles): no plan objects; a frame it cannot read goes
-  the way above.
+  frame (one frame a chunk, or its tiles; in a shard once its index is kept) or hold
+  whole frames no cache would keep: no plan objects; a frame it cannot read goes the way
+  above.
 - :mod:`.compiled`: the four steps in zarrs' Rust reader, when asked (``zarrs=True``),
   for frames of local folders whose chunks hold one frame; what it cannot vouch for goes
   the ways above.

@@ -7,9 +7,10 @@ into one preallocated batch array (:mod:`.assemble`). Local stores are read, dec
 assembled on the process's decode threads in one pass; other stores are fetched
 concurrently on the event loop and decoded on those threads as their bytes arrive.
 Chunks whose codecs zarr_torch does not decode go to zarr's pipeline in one call. Local
-unsharded chunks that each lie within one frame skip the plan: :mod:`.inplace` reads them
-first, on the decode threads with no trip to the event loop, and only frames it could
-not read take the steps above. Asked to (``zarrs=True``), zarrs' Rust reader
+chunks that each lie within one frame (in a shard whose index the process keeps, or
+unsharded), and unsharded chunks of whole frames that no cache would keep, skip the plan:
+:mod:`.inplace` reads them first, on the decode threads with no trip to the event loop,
+and only frames it could not read take the steps above. Asked to (``zarrs=True``), zarrs' Rust reader
 (:mod:`.compiled`) reads before either.
 
     frames = run(read_items(specs, array_ids=np.array([0, 0, 1]), starts=np.array([4, 9, 0])))
