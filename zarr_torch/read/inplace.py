@@ -65,8 +65,9 @@ def chunk_jobs(
 ) -> tuple[list[Job], list[tuple[int, int]]]:
     """The jobs of items ``starts`` of ``layout`` (see :func:`usable`) into
     ``frames[positions]``, for read number ``read``: one a frame or a chunk of frames,
-    however many items show it; and (read, position) of the items left to the read engine
-    (chunks of several frames that would be kept, when ``keep``: see the module's notes)."""
+    however many items show it; and (read, position) of the items left to the read engine:
+    chunks of several frames that would be kept (when ``keep``: see the module's notes),
+    and chunks of shards whose index this process has not read, or that lack them."""
     at: dict[int, list[int]] = {}  # each frame's positions
     for p, s in zip(positions.tolist(), starts.tolist(), strict=True):
         at.setdefault(s, []).append(p)
