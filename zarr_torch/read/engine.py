@@ -537,7 +537,7 @@ class _Decode:
         #: items a chunk holds (its rows, see ``Layout.as_rows``)
         self.rows = layout.rows
         #: each item's bytes, where chunks of whole frames (one or many) decode to
-        whole = span == 1 and layout.chunk[layout.item_axes :] == layout.item_shape
+        whole = span == 1 and layout.whole_items
         self.items = batch.reshape(len(batch), -1).view(np.uint8) if whole else None
         #: whether chunks of several rows may decode row by row (see :meth:`part`)
         self.by_rows = direct and self.rows > 1 and layout.item_axes == 1

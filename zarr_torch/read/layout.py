@@ -142,7 +142,7 @@ class Layout:
     def cached(self, span: int) -> bool:
         """Whether decoded chunks are worth keeping: a chunk serves several items
         (several frames per chunk, or windows that overlap)."""
-        return math.prod(self.chunk[: self.item_axes]) > 1 or span > 1
+        return self.rows > 1 or span > 1
 
 
 def layout_of(key: Hashable, arr: AsyncArray, item_axes: int = 1) -> Layout:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 from typing import NamedTuple
 
 import numpy as np
@@ -77,8 +76,7 @@ def plan(layout: Layout, positions: np.ndarray, starts: np.ndarray, span: int) -
 
 def one_frame_chunks(layout: Layout, span: int) -> bool:
     """True when every chunk is exactly one item's frame: it can decode straight into the batch."""
-    k = layout.item_axes
-    return span == 1 and math.prod(layout.chunk[:k]) == 1 and layout.chunk[k:] == layout.item_shape
+    return span == 1 and layout.rows == 1 and layout.whole_items
 
 
 @functools.cache
