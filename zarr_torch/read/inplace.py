@@ -25,6 +25,7 @@ a store that changed, and names the chunk in its error.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -76,9 +77,9 @@ def chunk_jobs(
     k = layout.item_axes
     parts = tiles_of(layout)
     tails = [coords for coords, _, _ in parts]
-    keys: list[Key | None]
+    keys: Sequence[Key | None]
     if k == 1 and layout.shard is None:
-        keys = list(layout.store_keys(list(at), tails))
+        keys = layout.store_keys(list(at), tails)
     else:  # each item's chunk coordinates (on several axes, or to find in its shard)
         leads = zip(*(a.tolist() for a in np.unravel_index(list(at), layout.shape[:k])), strict=True)
         chunks = [(*lead, *tail) for lead in leads for tail in tails]
