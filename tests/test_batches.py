@@ -9,7 +9,7 @@ import torch
 from checks import roundtrip_pickle
 from torch.utils.data import DataLoader, default_collate
 
-from zarr_torch import ZarrFrameDataset
+from zarr_torch import ZarrFrameDataset, process
 from zarr_torch.batches import rows
 from zarr_torch.synth import write_stores
 
@@ -62,15 +62,48 @@ def test_a_one_sample_read_is_a_plain_tensor(ds):
     assert type(sample) is torch.Tensor and type(ds[5]) is torch.Tensor
 
 
-def plain_collate(samples: list[torch.Tensor]) -> torch.Tensor:
-    assert all(type(s) is torch.Tensor for s in samples), [type(s) for s in samples]
-    return default_collate(samples)
+def uncopied_collate(samples: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """default_collate in a worker, which must hand on the batch read in shared memory."""
+    batch = default_collate(samples)
+    assert batch.data_ptr() == samples[0].data_ptr() and batch.is_shared(), "collate copied the batch"
+    return batch, process.process_state().stats.batches_in_shared_memory
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_worker_batches_are_exact_and_plain(ds, context):
-    """In a worker, collate copies a batch into shared memory (that is how it crosses):
-    the samples there are plain tensors, and the batches arrive exact."""
+def test_worker_batches_cross_from_shared_memory_uncopied_and_exact(ds, context):
+    """A worker reads its batch into shared memory, which collate hands on as it is (no
+    copy into new shared memory, the way batches cross), and the batches arrive exact."""
+    loader = DataLoader(
+        ds,
+        batch_size=5,
+        num_workers=2,
+        timeout=120,
+        multiprocessing_context=context,
+        collate_fn=uncopied_collate,
+    )
+    served = list(loader)
+    got = torch.cat([batch for batch, _ in served])
+    assert type(got) is torch.Tensor
+    np.testing.assert_array_equal(got.numpy(), np.stack([ds[i].numpy() for i in range(len(ds))]))
+    # each worker counts its own batches: 1, 2, 3 in turn
+    assert sorted(count for _, count in served) == [1, 1, 2, 2, 3]
+
+
+def plain_collate(samples: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+    assert all(type(s) is torch.Tensor for s in samples), [type(s) for s in samples]
+    return default_collate(samples), process.process_state().stats.batches_in_shared_memory
+
+
+def flipped(frame: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frame[::-1]))
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_worker_samples_a_transform_made_are_plain_and_collated_exact(tmp_path, context):
+    """Samples a transform made are its own tensors: collate copies them into shared
+    memory as any worker's, and no batch is read into shared memory for nothing."""
+    write_stores(str(tmp_path / "s"), stores=2, frames=12, size=16, chunk=4)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, transform=flipped)
     loader = DataLoader(
         ds,
         batch_size=5,
@@ -79,6 +112,8 @@ def test_worker_batches_are_exact_and_plain(ds, context):
         multiprocessing_context=context,
         collate_fn=plain_collate,
     )
-    got = torch.cat(list(loader))
-    assert type(got) is torch.Tensor
-    np.testing.assert_array_equal(got.numpy(), np.stack([ds[i].numpy() for i in range(len(ds))]))
+    served = list(loader)
+    plain = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
+    expected = np.stack([plain[i].numpy()[::-1] for i in range(len(ds))])
+    np.testing.assert_array_equal(torch.cat([batch for batch, _ in served]).numpy(), expected)
+    assert all(count == 0 for _, count in served)

@@ -1,10 +1,11 @@
 """A batch read as one array is handed on as it is: ``default_collate`` does not copy it.
 
 ``ZarrFrameDataset.__getitems__`` reads a batch into one array. Its samples are rows of
-that array which ``torch.stack`` (what ``default_collate`` does with a list of tensors)
-turns back into the array itself, in place of copying them into a new one. In a
-``DataLoader`` worker this is not used: collate's copy into shared memory is what sends a
-batch to the training process, and a batch read there crosses with it.
+that array which ``default_collate`` (and ``torch.stack``) turns back into the array
+itself, in place of copying them into a new one. In a ``DataLoader`` worker the batch is
+read straight into shared memory (:func:`shared`), as ``default_collate`` would have
+copied it there to send it to the training process: the batch then crosses as it is,
+with no copy at all, as a memmap's batch crosses with one.
 
     samples = rows(torch.from_numpy(frames))
     default_collate(samples) is samples[0]._batch  # True: no copy
@@ -12,10 +13,36 @@ batch to the training process, and a batch read there crosses with it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
+from torch.utils.data._utils.collate import collate_tensor_fn, default_collate_fn_map
+
+
+def shared(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A new array in shared memory: the memory of a torch tensor, its ``.base`` (see
+    :func:`tensor`), made as ``default_collate`` makes a worker's batch; memory of its own
+    when torch has no such dtype.
+
+        frames = shared((64, 224, 224, 3), np.dtype("uint8"))
+    """
+    try:
+        kind = torch.from_numpy(np.empty(0, dtype)).dtype
+    except (TypeError, ValueError):  # a dtype torch lacks, or not in native byte order
+        return np.empty(shape, dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=kind).set_(storage).view(shape).numpy()
+
+
+def tensor(batch: np.ndarray) -> torch.Tensor:
+    """``batch`` as a tensor: the one whose memory it is (see :func:`shared`), else a new
+    one over its memory."""
+    owner = batch.base
+    whole = isinstance(owner, torch.Tensor) and owner.shape == batch.shape
+    return owner if whole and owner.data_ptr() == batch.ctypes.data else torch.from_numpy(batch)
 
 
 def rows(batch: torch.Tensor) -> list[torch.Tensor]:
@@ -62,3 +89,15 @@ def _whole(args: Sequence, kwargs: dict) -> torch.Tensor | None:
         for i, t in enumerate(tensors)
     )  # every row, in order (its memory is row i's), none moved (``set_``) since
     return batch if in_place else None
+
+
+def _collate_rows(samples: list[_Row], *, collate_fn_map: dict | None = None) -> torch.Tensor:
+    """``default_collate`` of rows: the batch itself when they are all of it, in order
+    (``default_collate`` would first make shared memory in a worker, to stack them into);
+    else as any tensors."""
+    batch = _whole((samples,), {})
+    return batch if batch is not None else collate_tensor_fn(samples, collate_fn_map=collate_fn_map)
+
+
+# torch's documented way to extend default_collate; rows are only ever zarr_torch's own.
+default_collate_fn_map[_Row] = _collate_rows

@@ -53,6 +53,8 @@ class ReadStats:
     #: fetches started while an earlier batch was read, and of those, the ones a batch used
     fetches_ahead: int = 0
     fetches_ahead_used: int = 0
+    #: batches a DataLoader worker read straight into shared memory, to cross uncopied
+    batches_in_shared_memory: int = 0
     #: seconds in the read engine once a batch's arrays are open: planning, fetching,
     #: decoding and placing (told apart only by a profile: they run interleaved)
     fetch_s: float = 0.0

@@ -161,13 +161,18 @@ class ZarrFrameDataset(Dataset):
         idx = self._check(indices)
         keys = list(self.indexes)
         ahead = [self._check(b) for b in getattr(indices, "ahead", ())]  # see ReadAheadBatches
-        reads = self._read_all(idx, self._budget(), ahead)
-        if len(reads) == 1 and self.transform is None and (whole := _one_batch(reads[0])) is not None:
-            # Every frame read: tensors over the batch. Outside a DataLoader worker (whose
-            # collate copies into shared memory whatever it gets) they are rows that
-            # default_collate hands on as the batch itself, uncopied.
-            frames = torch.from_numpy(whole)
-            return batches.rows(frames) if len(frames) > 1 and get_worker_info() is None else list(frames)
+        one, worker = len(keys) == 1 and self.transform is None, get_worker_info() is not None
+        # a worker's batch that goes out as read is read into shared memory (see batches)
+        reads = self._read_all(idx, self._budget(), ahead, batches.shared if one and worker else np.empty)
+        if one and (whole := _one_batch(reads[0])) is not None:
+            # Every frame read: rows of the batch, which default_collate hands on as the
+            # batch itself, uncopied: a worker's crosses to the training process so, from
+            # shared memory (else collate copies it there, as any worker's batch).
+            frames = batches.tensor(whole)
+            crosses = not worker or frames.is_shared()
+            if worker and crosses:
+                process.process_state().stats.add(batches_in_shared_memory=1)
+            return batches.rows(frames) if len(frames) > 1 and crosses else list(frames)
         samples = []
         started = time.perf_counter()
         for k, i in enumerate(idx.tolist()):
@@ -183,11 +188,13 @@ class ZarrFrameDataset(Dataset):
         process.process_state().stats.add(transform_s=time.perf_counter() - started)
         return samples
 
-    def _read_all(self, idx: np.ndarray, budget: dict[str, Any], ahead: list[np.ndarray]) -> list[list[Any]]:
+    def _read_all(
+        self, idx: np.ndarray, budget: dict[str, Any], ahead: list[np.ndarray], allocate: read.Allocate
+    ) -> list[list[Any]]:
         """Every index's items (or windows, edge frames repeated) of ``idx``, exceptions in
-        place, read in one go (see :func:`read.read_batch`); the fetches of the batches
-        ``ahead`` are planned and started once these reads have, and go on in the
-        background."""
+        place, read in one go (see :func:`read.read_batch`) into batch arrays made by
+        ``allocate``; the fetches of the batches ``ahead`` are planned and started once
+        these reads have, and go on in the background."""
         asks, places = [], []
         for index in self.indexes.values():
             specs, spec_of = index.read_specs(documents=self.trust_index)
@@ -198,7 +205,7 @@ class ZarrFrameDataset(Dataset):
             places.append((rows, at, [positions for positions, _, _, _ in requests]))
         options = {"strict": self.strict, "retry": self.retry, "zarrs": self.zarrs, **budget}
         planning = self._prefetch(ahead, budget) if ahead else None
-        got = iter(read.read_batch(asks, then=planning, **options))
+        got = iter(read.read_batch(asks, then=planning, allocate=allocate, **options))
         reads = []
         for rows, at, groups in places:
             items: list[Any] = [None] * len(idx)

@@ -21,6 +21,6 @@
     frames = run(read_items(specs, array_ids, starts))
 """
 
-from zarr_torch.read.engine import prefetch_items, read_batch, read_items
+from zarr_torch.read.engine import Allocate, prefetch_items, read_batch, read_items
 
-__all__ = ["prefetch_items", "read_batch", "read_items"]
+__all__ = ["Allocate", "prefetch_items", "read_batch", "read_items"]

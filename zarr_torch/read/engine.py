@@ -22,7 +22,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +46,8 @@ from zarr_torch.stores import ArraySpec, Options, open_array
 
 #: chunks smaller than this (decoded) are read and decoded on one thread per batch.
 PARALLEL_CHUNK_BYTES = 64 * 2**10
+#: makes a batch array of a shape and dtype, as ``np.empty`` does.
+Allocate = Callable[[tuple[int, ...], np.dtype], np.ndarray]
 
 
 async def read_items(
@@ -94,6 +96,7 @@ def read_batch(
     threads: int | None = None,
     zarrs: bool = False,
     then: Coroutine[Any, Any, None] | None = None,
+    allocate: Allocate = np.empty,
 ) -> list[list[np.ndarray | BaseException]]:
     """:func:`read_items` of each (specs, array_ids, starts, length) of ``asks``, from
     synchronous code (a ``DataLoader`` batch): zarrs reads what it can in the calling
@@ -101,12 +104,14 @@ def read_batch(
     process has not opened and to read what zarrs left. A batch zarrs reads whole makes
     no trip to the loop (each costs a few hundred microseconds). ``then`` (the planning
     of fetches ahead, see :func:`prefetch_items`) starts on the loop once this batch's
-    reads have, and goes on in the background.
+    reads have, and goes on in the background. ``allocate(shape, dtype)`` makes the
+    batch arrays (a ``DataLoader`` worker's are in shared memory, see
+    :func:`zarr_torch.batches.shared`).
 
         [frames] = read_batch([(specs, np.array([0, 0, 1]), np.array([4, 9, 0]), 0)])
     """
     budget = _Budget.of(cache, threads)
-    batches = [_Batch(*ask, strict, budget) for ask in asks]
+    batches = [_Batch(*ask, strict, budget, allocate) for ask in asks]
     opening = [b.open() for b in batches if not b.opened()]
     if opening:
         run(_with_options(strict, retry, opening))
@@ -204,7 +209,9 @@ async def _fetch(layout: Layout, unit: Unit) -> bytes | None:
     return await pending
 
 
-def _allocate(layouts: list[Layout | None], n: int, length: int) -> list[np.ndarray | None]:
+def _allocate(
+    layouts: list[Layout | None], n: int, length: int, allocate: Allocate
+) -> list[np.ndarray | None]:
     """One batch array for all arrays of one item shape and dtype (a batch each otherwise)."""
     shapes: dict[tuple, np.ndarray] = {}
     batches: list[np.ndarray | None] = []
@@ -215,7 +222,7 @@ def _allocate(layouts: list[Layout | None], n: int, length: int) -> list[np.ndar
         item = ((length,) if length else ()) + layout.item_shape
         key = (item, layout.dtype.str)
         if key not in shapes:
-            shapes[key] = np.empty((n, *item), dtype=layout.dtype)
+            shapes[key] = allocate((n, *item), layout.dtype)
         batches.append(shapes[key])
     return batches
 
@@ -250,9 +257,10 @@ class _Batch:
         length: int,
         strict: bool,
         budget: _Budget,
+        allocate: Allocate = np.empty,
     ) -> None:
         array_ids, self.starts = np.asarray(array_ids), np.asarray(starts, dtype=np.int64)
-        self.length, self.strict, self.budget = length, strict, budget
+        self.length, self.strict, self.budget, self.allocate = length, strict, budget, allocate
         # each array's positions, found in one sort (not one pass over the batch per array)
         order = np.argsort(array_ids, kind="stable")
         ids, firsts = np.unique(array_ids[order], return_index=True)
@@ -276,7 +284,10 @@ class _Batch:
     def _set_up(self, layouts: list[Any]) -> None:
         self.layouts = layouts
         self.batches = _allocate(
-            [None if isinstance(x, BaseException) else x for x in layouts], len(self.starts), self.length
+            [None if isinstance(x, BaseException) else x for x in layouts],
+            len(self.starts),
+            self.length,
+            self.allocate,
         )
         span = max(self.length, 1)
         self.reads = [
