@@ -3,6 +3,9 @@ and every other use of them is a plain tensor's."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -62,6 +65,14 @@ def test_a_one_sample_read_is_a_plain_tensor(ds):
     assert type(sample) is torch.Tensor and type(ds[5]) is torch.Tensor
 
 
+def served_by_workers(ds: ZarrFrameDataset, context: str, collate: Callable) -> list[Any]:
+    """Every batch of 5 of ``ds`` in order, from two workers started by ``context``."""
+    loader = DataLoader(
+        ds, batch_size=5, num_workers=2, timeout=120, multiprocessing_context=context, collate_fn=collate
+    )
+    return list(loader)
+
+
 def uncopied_collate(samples: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
     """default_collate in a worker, which must hand on the batch read in shared memory."""
     batch = default_collate(samples)
@@ -73,15 +84,7 @@ def uncopied_collate(samples: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
 def test_worker_batches_cross_from_shared_memory_uncopied_and_exact(ds, context):
     """A worker reads its batch into shared memory, which collate hands on as it is (no
     copy into new shared memory, the way batches cross), and the batches arrive exact."""
-    loader = DataLoader(
-        ds,
-        batch_size=5,
-        num_workers=2,
-        timeout=120,
-        multiprocessing_context=context,
-        collate_fn=uncopied_collate,
-    )
-    served = list(loader)
+    served = served_by_workers(ds, context, uncopied_collate)
     got = torch.cat([batch for batch, _ in served])
     assert type(got) is torch.Tensor
     np.testing.assert_array_equal(got.numpy(), np.stack([ds[i].numpy() for i in range(len(ds))]))
@@ -104,15 +107,7 @@ def test_worker_samples_a_transform_made_are_plain_and_collated_exact(tmp_path, 
     memory as any worker's, and no batch is read into shared memory for nothing."""
     write_stores(str(tmp_path / "s"), stores=2, frames=12, size=16, chunk=4)
     ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, transform=flipped)
-    loader = DataLoader(
-        ds,
-        batch_size=5,
-        num_workers=2,
-        timeout=120,
-        multiprocessing_context=context,
-        collate_fn=plain_collate,
-    )
-    served = list(loader)
+    served = served_by_workers(ds, context, plain_collate)
     plain = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
     expected = np.stack([plain[i].numpy()[::-1] for i in range(len(ds))])
     np.testing.assert_array_equal(torch.cat([batch for batch, _ in served]).numpy(), expected)
