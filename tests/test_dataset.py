@@ -219,8 +219,18 @@ def test_zipped_stores_read_as_zarr_reads_them_through_workers(zipped, context):
     expected = np.concatenate([zarr.open_array(z, path=ARRAY, mode="r")[:] for z in zips])  # zarr's own read
     np.testing.assert_array_equal(every_frame(ds), expected)
     np.testing.assert_array_equal(expected, every_frame(ZarrFrameDataset(dirs, array=ARRAY)))
-    loader = DataLoader(ds, batch_size=4, num_workers=2, timeout=60, multiprocessing_context=context)
-    np.testing.assert_array_equal(torch.cat(list(loader)).numpy(), expected)
+    loader = DataLoader(
+        ds,
+        batch_size=4,
+        num_workers=2,
+        timeout=60,
+        multiprocessing_context=context,
+        collate_fn=CollateWithStats(ds),
+    )
+    served = list(loader)
+    np.testing.assert_array_equal(torch.cat([batch for batch, _ in served]).numpy(), expected)
+    # the workers read the zips' members in place and decoded them themselves
+    assert all(s["reads_in_place"] > 0 and s["chunks_decoded_by_zarr"] == 0 for _, s in served)
 
 
 def test_zipped_stores_by_path_url_windows_and_saved_index(zipped, tmp_path):
