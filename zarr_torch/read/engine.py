@@ -70,18 +70,14 @@ async def read_items(
     ``cache`` and ``threads`` are the caller's budget (a dataset's own); by default the
     process's shared cache and one decode thread per core. Local chunks within one frame
     are read in one pass (see :mod:`.inplace`); with ``zarrs``, zarrs reads the arrays it
-    can first (see :mod:`.compiled`), on a decode thread.
+    can first (see :mod:`.compiled`), off the loop's thread.
     """
     budget = _Budget.of(cache, threads)
     batch = _Batch(specs, array_ids, starts, length, strict, budget)
     with read_options(strict=strict, retry=retry):
         await batch.open()
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        if zarrs:
-            await loop.run_in_executor(budget.pool, _read_compiled, batch.reads, budget)
-        taken, left, futures = _start_in_place(batch.reads, budget)
-        _leave(taken, [left, *[await asyncio.wrap_future(f) for f in futures]])
+        await asyncio.to_thread(_read_off_loop, batch.reads, budget, zarrs)
         await batch.read()
     process_state().stats.add(fetch_s=time.perf_counter() - started)
     return batch.out()
@@ -116,11 +112,7 @@ def read_batch(
     if opening:
         run(_with_options(strict, retry, opening))
     started = time.perf_counter()
-    reads = [r for b in batches for r in b.reads]
-    if zarrs:
-        _read_compiled(reads, budget)
-    taken, left, futures = _start_in_place(reads, budget)
-    _leave(taken, [left, *[f.result() for f in futures]])
+    _read_off_loop([r for b in batches for r in b.reads], budget, zarrs)
     if then is not None or any(b.left for b in batches):
         run(_with_options(strict, retry, [b.read() for b in batches], then))
     process_state().stats.add(fetch_s=time.perf_counter() - started)
@@ -434,6 +426,16 @@ def _read_compiled(reads: list[_ArrayRead], budget: _Budget) -> None:
     lefts = compiled.read([(r.layout, r.positions, r.starts, r.batch[:, 0]) for r in reads])
     for r, left in zip(reads, lefts, strict=True):
         r.positions, r.starts = r.positions[left], r.starts[left]
+
+
+def _read_off_loop(reads: list[_ArrayRead], budget: _Budget, zarrs: bool) -> None:
+    """What is read without zarr's I/O loop: with ``zarrs``, what zarrs can read (in this
+    thread), then the one pass (see :func:`_start_in_place`); leaves each read only what
+    is left to the general path."""
+    if zarrs:
+        _read_compiled(reads, budget)
+    taken, left, futures = _start_in_place(reads, budget)
+    _leave(taken, [left, *[f.result() for f in futures]])
 
 
 def _start_in_place(
