@@ -13,7 +13,7 @@ from checks import roundtrip_pickle
 from torch.utils.data import DataLoader, default_collate
 
 from zarr_torch import ZarrFrameDataset, process
-from zarr_torch.batches import rows
+from zarr_torch.batches import rows, shared
 from zarr_torch.synth import write_stores
 
 ARRAY = "data/camera0_rgb"
@@ -47,6 +47,23 @@ def test_rows_stacked_other_than_whole_and_in_order_are_copied():
     out = torch.empty(4, 6, dtype=torch.int16)
     assert torch.stack(rows(batch), out=out) is out and out.data_ptr() != batch.data_ptr()
     torch.testing.assert_close(out, batch)
+
+
+def resident_bytes(address: int) -> int:
+    """How many bytes of the mapping that starts at ``address`` this process has mapped in."""
+    with open("/proc/self/smaps") as smaps:
+        lines = iter(smaps.read().splitlines())
+    for line in lines:
+        if line.split("-", 1)[0] == f"{address:x}":
+            return next(int(x.split()[1]) for x in lines if x.startswith("Rss:")) * 1024
+    raise AssertionError(f"no mapping starts at {address:#x}")
+
+
+def test_shared_batch_memory_is_mapped_in_before_it_is_written():
+    """Its pages are mapped in one call, not faulted in one by one as the batch is read."""
+    frames = shared((8, 64, 64, 3), np.dtype("uint8"))
+    assert frames.base.is_shared() and frames.flags.writeable
+    assert resident_bytes(frames.ctypes.data) == frames.nbytes
 
 
 def test_a_row_is_a_plain_tensor_to_everything_else():
