@@ -22,7 +22,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -442,7 +442,7 @@ def _start_in_place(
     reads: list[_ArrayRead], budget: _Budget
 ) -> tuple[list[_ArrayRead], list[tuple[int, int]], list[Future]]:
     """Start reading in place (see :mod:`.inplace`) the items left of the reads that go
-    that way, split over the decode threads; return those reads, the items the pass left
+    that way, shared by the decode threads; return those reads, the items the pass left
     to the general path, and each thread's outcome to come (see :func:`_leave`). On the
     decode threads, never the calling one: numcodecs' blosc, called from a process's main
     thread, decodes on threads of its own, past the budget. A chunk of several frames
@@ -454,8 +454,8 @@ def _start_in_place(
         more, rest = inplace.chunk_jobs(n, r.layout, r.positions, r.starts, r.batch[:, 0], keep)
         jobs += more
         left += rest
-    parts = _split(jobs, [job[1].chunk_bytes for job in jobs], budget)
-    return taken, left, [budget.pool.submit(inplace.read, part) for part in parts]
+    shares = _share(jobs, [job[1].chunk_bytes for job in jobs], budget)
+    return taken, left, [budget.pool.submit(inplace.read, share) for share in shares]
 
 
 def _leave(taken: list[_ArrayRead], lefts: list[list[tuple[int, int]]]) -> None:
@@ -471,20 +471,23 @@ def _leave(taken: list[_ArrayRead], lefts: list[list[tuple[int, int]]]) -> None:
         r.positions, r.starts = r.positions[keep], r.starts[keep]
 
 
-def _split(work: list[Any], chunk_bytes: list[int], budget: _Budget) -> list[list[Any]]:
-    """``work`` (of decoded chunks of ``chunk_bytes`` each) split evenly over the decode
-    threads: none when empty, all on one thread when most chunks are small."""
+def _share(work: list[Any], chunk_bytes: list[int], budget: _Budget) -> list[Iterator[Any]]:
+    """``work`` (of decoded chunks of ``chunk_bytes`` each) for the decode threads: one
+    iterator a thread, all the same one, so that each thread takes the next item once done
+    with its last (a list iterator hands each out once, under the GIL). Halves fixed in
+    advance left one thread idle while the other, slowed by the GIL or the scheduler,
+    finished its half. None when empty, one thread when most chunks are small."""
     if not work:
         return []
     # Chunks of a few KB decode in microseconds: two threads then spend more on handing the
     # GIL back and forth than they gain (37 KB tiles: 7.0k frames/s on one, 4.4k on two).
     small = sum(n < PARALLEL_CHUNK_BYTES for n in chunk_bytes) > len(work) // 2
     threads = 1 if small else min(budget.threads, len(work))
-    return [work[k::threads] for k in range(threads)]
+    return [iter(work)] * threads
 
 
 async def _run_local(reads: list[_ArrayRead], budget: _Budget) -> None:
-    """Every unit of local arrays on the decode threads, split evenly, one pass each."""
+    """Every unit of local arrays on the decode threads, each taking the next in turn."""
     work = [(r, u) for r in reads for u in r.units]
     if not work:
         return
@@ -492,8 +495,8 @@ async def _run_local(reads: list[_ArrayRead], budget: _Budget) -> None:
     loop = asyncio.get_running_loop()
     parts = await asyncio.gather(
         *(
-            loop.run_in_executor(budget.pool, _local_units, part)
-            for part in _split(work, [r.layout.chunk_bytes for r, _ in work], budget)
+            loop.run_in_executor(budget.pool, _local_units, share)
+            for share in _share(work, [r.layout.chunk_bytes for r, _ in work], budget)
         )
     )
     for part in parts:
@@ -502,7 +505,9 @@ async def _run_local(reads: list[_ArrayRead], budget: _Budget) -> None:
     state.stats.add(ranges_fetched=sum(u.start is not None for _, u in work), reads_in_place=len(work))
 
 
-def _local_units(work: list[tuple[_ArrayRead, Unit]]) -> list[tuple[_ArrayRead, int, BaseException | None]]:
+def _local_units(
+    work: Iterator[tuple[_ArrayRead, Unit]],
+) -> list[tuple[_ArrayRead, int, BaseException | None]]:
     """Read, decode and assemble units of local stores (on a decode thread). A chunk that
     decodes to new memory is read into the thread's reusable buffer."""
     out, counts = [], dict.fromkeys(_COUNTS, 0)

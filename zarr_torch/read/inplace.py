@@ -25,7 +25,7 @@ a store that changed, and names the chunk in its error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -119,8 +119,9 @@ def _row_jobs(
     return jobs, left
 
 
-def read(jobs: list[Job]) -> list[tuple[int, int]]:
-    """Read, decode and place ``jobs`` (on one thread, in turn); return (read, position) of
+def read(jobs: Iterable[Job]) -> list[tuple[int, int]]:
+    """Read, decode and place ``jobs`` (on one thread, in turn; other threads may take
+    jobs of the same iterator); return (read, position) of
     each item of a frame with a chunk absent or failing, to read again otherwise."""
     left: list[tuple[int, int]] = []
     fetched = fetched_bytes = decoded = decoded_bytes = into = 0
