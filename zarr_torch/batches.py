@@ -49,7 +49,7 @@ if _libc is not None:
 
 def _populate(address: int, nbytes: int) -> None:
     """Map the pages of new shared memory into this process in one call, instead of a page
-    fault for each 4 KB as the batch is written (a 9.6 MB batch: 2.7 against 4.5 ms). Where
+    fault for each 4 KB as the batch is written (a 9.6 MB batch: 3.0 against 4.5 ms). Where
     the kernel cannot, nothing changes: the pages fault in as they are written."""
     if _libc is not None and nbytes:
         _libc.madvise(address, nbytes, _MADV_POPULATE_WRITE)
@@ -107,22 +107,18 @@ def _whole(args: Sequence, kwargs: dict) -> torch.Tensor | None:
         return None
     with torch._C.DisableTorchFunctionSubclass():  # plain calls: no dispatch through _Row
         row = batch[0]
-        at, row_bytes, dtype, shape, stride = (
-            row.data_ptr(),
-            batch.stride(0) * batch.element_size(),
-            row.dtype,
-            row.shape,
-            row.stride(),
-        )
+        at, row_bytes, seen = row.data_ptr(), batch.stride(0) * batch.element_size(), _seen(row)
+        # every row, in order: its memory is row i's, seen as row i (none moved by ``set_``)
         in_place = all(
-            isinstance(t, torch.Tensor)
-            and t.data_ptr() == at + i * row_bytes
-            and t.dtype == dtype
-            and t.shape == shape
-            and t.stride() == stride
+            isinstance(t, torch.Tensor) and t.data_ptr() == at + i * row_bytes and _seen(t) == seen
             for i, t in enumerate(tensors)
-        )  # every row, in order: its memory is row i's, seen as row i (none moved by ``set_``)
+        )
     return batch if in_place else None
+
+
+def _seen(t: torch.Tensor) -> tuple:
+    """How ``t`` views its memory: dtype, shape and strides."""
+    return t.dtype, t.shape, t.stride()
 
 
 def _collate_rows(samples: list[_Row], *, collate_fn_map: dict | None = None) -> torch.Tensor:

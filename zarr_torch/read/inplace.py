@@ -121,8 +121,8 @@ def _row_jobs(
 
 def read(jobs: Iterable[Job]) -> list[tuple[int, int]]:
     """Read, decode and place ``jobs`` (on one thread, in turn; other threads may take
-    jobs of the same iterator); return (read, position) of
-    each item of a frame with a chunk absent or failing, to read again otherwise."""
+    jobs of the same iterator); return (read, position) of each item of a frame with a
+    chunk absent or failing, to read again otherwise."""
     left: list[tuple[int, int]] = []
     fetched = fetched_bytes = decoded = decoded_bytes = into = 0
     for number, layout, keys, positions, dests, places in jobs:
