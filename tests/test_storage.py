@@ -141,6 +141,20 @@ def test_a_metadata_document_or_chunk_is_one_get(s3_stores, s3_options, s3_endpo
         assert chunks == [1] * (STORES * FRAMES // 4)
 
 
+def test_a_worker_opens_each_array_with_one_get_of_its_format(s3_stores, s3_options, s3_endpoint):
+    """A worker opens the arrays of the index it was given with one GET each, of the
+    metadata document of the format the index names, not zarr's probe of every format's
+    (zarr.json, .zarray and .zattrs: three round trips, two of them misses)."""
+    with FaultProxy(s3_endpoint) as proxy:
+        ds = ZarrFrameDataset(s3_stores, array=ARRAY, storage_options=through(proxy, s3_options))
+        proxy.requests.clear()
+        loader = DataLoader(ds, batch_size=len(ds), num_workers=1, multiprocessing_context="fork")
+        [batch] = list(loader)
+        np.testing.assert_array_equal(batch.numpy(), reference(STORES, FRAMES))
+        documents = [p.rsplit("/", 1)[-1] for (_, p), n in proxy.requests.items() if not chunk_key(p)]
+        assert sorted(documents) == ["zarr.json"] * STORES, proxy.requests
+
+
 def test_keys_failing_six_times_in_a_row(s3_stores, s3_options, s3_endpoint):
     with FaultProxy(s3_endpoint, fault=failing_keys(chunk_key, times=6)) as proxy:
         ds = ZarrFrameDataset(s3_stores, array=ARRAY, storage_options=through(proxy, s3_options), retry=FAST)

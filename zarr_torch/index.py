@@ -364,7 +364,8 @@ class SelectionIndex:
         metadata: a store's episodes share one), and each array id's spec number. With
         ``documents``, each spec carries its array's metadata from the index, so a process
         opens it with no request (trusting the index, as :meth:`verify` checks); without,
-        each process reads the metadata from the store once.
+        each process reads the metadata from the store once (the documents of the format
+        the index names).
 
             specs, spec_of = index.read_specs()
             frames = run(read_items(specs, spec_of[index.rows["array"][:8]], index.rows["start"][:8]))
@@ -376,7 +377,12 @@ class SelectionIndex:
             for st, m in pairs.tolist():
                 store, meta = self.stores[st], self.arrays.metas[m]
                 options = store.storage_options
-                specs.append(ArraySpec(store.uri, meta.path, options, meta.item_axes, meta.document))
+                found = meta.document or {}
+                specs.append(
+                    ArraySpec(
+                        store.uri, meta.path, options, meta.item_axes, meta.document, found.get("zarr_format")
+                    )
+                )
             bare = [s._replace(document=None) for s in specs]
             cached = self._read_specs = {True: (specs, inverse), False: (bare, inverse)}
         return cached[documents]

@@ -280,6 +280,9 @@ class ArraySpec(NamedTuple):
     item_axes: int = 1
     #: the array's metadata as zarr reads it (``zarr.json``, or ``.zarray`` with attributes).
     document: dict | None = None
+    #: its zarr format (2 or 3) when known: opened without its document, the array is read
+    #: from that format's documents alone, not found by trying each format's.
+    zarr_format: int | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:

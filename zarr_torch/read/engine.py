@@ -175,8 +175,10 @@ async def prefetch_items(
 
 async def _layout(spec: ArraySpec) -> Layout:
     """How the array of ``spec`` is laid out, opened once in this process (from its
-    metadata document when the spec has one)."""
-    arr = await open_array(spec.uri, spec.path, spec.options, document=spec.document)
+    metadata document when the spec has one, else from its format's documents)."""
+    arr = await open_array(
+        spec.uri, spec.path, spec.options, zarr_format=spec.zarr_format, document=spec.document
+    )
     return layout_of(spec.key, arr, spec.item_axes)
 
 
