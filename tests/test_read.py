@@ -512,6 +512,35 @@ class CollateWithPool(CollateWithStats):
         return collated, {**stats, "pool": os.environ.get("RAYON_NUM_THREADS")}
 
 
+class CollateWithThreads(CollateWithStats):
+    """Also the names of the worker's threads."""
+
+    def __call__(self, batch: list[Any]) -> tuple[Any, dict[str, Any]]:
+        collated, stats = super().__call__(batch)
+        return collated, {**stats, "threads": sorted(t.name for t in threading.enumerate())}
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_a_worker_opens_local_arrays_without_zarrs_io_loop(tmp_path, context):
+    """A worker opens the arrays of local folder stores from their metadata documents,
+    read in its own thread: it starts no zarr I/O loop (its start and trips cost a
+    worker's first batch about 10 ms) when the one pass reads the batch whole."""
+    write_stores(str(tmp_path / "s"), stores=2, frames=8, size=SIZE, chunk=1)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY)
+    loader = DataLoader(
+        ds,
+        batch_size=16,
+        num_workers=1,
+        multiprocessing_context=context,
+        timeout=120,
+        collate_fn=CollateWithThreads(ds),
+    )
+    [(batch, stats)] = list(loader)
+    np.testing.assert_array_equal(batch.numpy(), reference(2, 8))
+    assert stats["chunks_read_in_one_pass"] == 16
+    assert "zarr_io" not in stats["threads"], stats["threads"]
+
+
 def load_in_workers(root: str, context: str, parent: str) -> tuple[np.ndarray, dict[str, Any]]:
     """In this (fresh) process: ``parent`` reads a frame of ``root`` (``"zarr"``, which
     loads zarrs with its codec pipelines; ``"zarr with zarrs"``, zarr with zarrs as its

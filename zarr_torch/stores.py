@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
@@ -217,19 +218,30 @@ async def _open_parsed(store_path: StorePath, zarr_format: int) -> AsyncArray | 
     """The array at ``store_path`` from its ``zarr_format`` metadata documents (see
     :func:`_parsed`); None when they are absent or not an array's, for zarr to say what
     is there."""
-    names = ("zarr.json",) if zarr_format == 3 else (".zarray", ".zattrs")
     prototype = default_buffer_prototype()
+    names = _DOCUMENTS[zarr_format]
     found = await asyncio.gather(*((store_path / name).get(prototype) for name in names))
+    data = [None if buffer is None else buffer.to_bytes() for buffer in found]
+    return _array_of(data, zarr_format, store_path)
+
+
+#: the metadata documents of an array of each zarr format, the first one required.
+_DOCUMENTS = {3: ("zarr.json",), 2: (".zarray", ".zattrs")}
+
+
+def _array_of(found: list[bytes | None], zarr_format: int, store_path: StorePath) -> AsyncArray | None:
+    """The array at ``store_path`` whose ``zarr_format`` documents hold ``found`` bytes
+    (None: absent); None when the first is absent, or they are not an array's."""
     if found[0] is None:
         return None
 
     def document() -> dict | None:
-        document = json.loads(found[0].to_bytes())
+        document = json.loads(found[0])
         if zarr_format == 2:
-            return {**document, "attributes": json.loads(found[1].to_bytes()) if found[1] is not None else {}}
+            return {**document, "attributes": json.loads(found[1]) if found[1] is not None else {}}
         return document if document.get("node_type") == "array" else None
 
-    metadata = _parsed(b"\0".join(b"" if buffer is None else buffer.to_bytes() for buffer in found), document)
+    metadata = _parsed(b"\0".join(b"" if data is None else data for data in found), document)
     return None if metadata is None else AsyncArray(metadata, store_path)
 
 
@@ -318,20 +330,64 @@ async def open_array(
     store when a chunk turns out absent.
     Raises ``FileNotFoundError`` when it does not exist, ``ValueError`` when it is a group.
     """
-    state = process_state()
-    key = array_key(uri, path, storage_options)
-    arr = None if refresh else state.arrays.get(key)
-    if arr is None and document is not None and not refresh:
-        metadata = _parsed(json.dumps(document, sort_keys=True).encode(), lambda: document)
-        arr = state.arrays[key] = AsyncArray(metadata, StorePath(get_store(uri, storage_options), path))
-        state.layouts.pop(key, None)
+    known = {"zarr_format": zarr_format, "document": document}
+    arr = None if refresh else opened_array(uri, path, storage_options, **known)
     if arr is None:
         node = await open_node(uri, path, storage_options, zarr_format=zarr_format)
         if not isinstance(node, AsyncArray):
             # datachain's wording, so a test's pytest.raises(match=...) holds for both libraries
             raise ValueError(f"{path!r} is not a Zarr array in store {redact_uri(uri)!r}: it is a group")
-        arr = state.arrays[key] = node
-        state.layouts.pop(key, None)
+        arr = _keep(array_key(uri, path, storage_options), node)
+    return arr
+
+
+def opened_array(
+    uri: str,
+    path: str = "",
+    storage_options: Options | None = None,
+    *,
+    zarr_format: int | None = None,
+    document: dict | None = None,
+) -> AsyncArray | None:
+    """:func:`open_array`'s handle when it takes no trip to zarr's I/O loop: open in this
+    process already, made from its metadata ``document``, or, in a local folder store of
+    a known ``zarr_format``, from that format's documents read in this thread (a
+    ``DataLoader`` worker then starts no loop to open its local arrays: 10 ms of its
+    first batch). None otherwise, or when they are not an array's: :func:`open_array`
+    then opens it, or says why not.
+
+        arr = opened_array("ep0.zarr", "data/camera0_rgb", zarr_format=3)
+    """
+    key = array_key(uri, path, storage_options)
+    arr = process_state().arrays.get(key)
+    if arr is not None:
+        return arr
+    if document is not None:
+        metadata = _parsed(json.dumps(document, sort_keys=True).encode(), lambda: document)
+        return _keep(key, AsyncArray(metadata, StorePath(get_store(uri, storage_options), path)))
+    if zarr_format is None or not is_local(uri) or is_zip(uri):
+        return None
+    found = []
+    for name in _DOCUMENTS[zarr_format]:
+        try:
+            with open(os.path.join(local_path(uri), path, name), "rb") as file:
+                found.append(file.read())
+        except FileNotFoundError:
+            found.append(None)
+        except OSError:  # a folder in a document's place, say: open_array tells which
+            return None
+    try:
+        arr = _array_of(found, zarr_format, StorePath(get_store(uri, storage_options), path))
+    except (ValueError, TypeError, KeyError):  # unreadable metadata: open_array names the array
+        return None
+    return None if arr is None else _keep(key, arr)
+
+
+def _keep(key: tuple[str, str, str], arr: AsyncArray) -> AsyncArray:
+    """Keep ``arr`` as this process's handle on array ``key`` (its layout made afresh)."""
+    state = process_state()
+    state.arrays[key] = arr
+    state.layouts.pop(key, None)
     return arr
 
 

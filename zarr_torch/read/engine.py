@@ -42,7 +42,7 @@ from zarr_torch.read.fetch import ABSENT, Unit, absent, plan_fetch, read_local, 
 from zarr_torch.read.layout import Layout, layout_of
 from zarr_torch.read.plan import Task, one_frame_chunks, plan
 from zarr_torch.storage import RetryPolicy, read_options
-from zarr_torch.stores import ArraySpec, Options, open_array
+from zarr_torch.stores import ArraySpec, Options, open_array, opened_array
 
 #: chunks smaller than this (decoded) are read and decoded on one thread per batch.
 PARALLEL_CHUNK_BYTES = 64 * 2**10
@@ -183,10 +183,11 @@ async def _layout(spec: ArraySpec) -> Layout:
 
 
 def _opened(spec: ArraySpec) -> Layout | None:
-    """The layout of the array of ``spec`` if this process has opened it, else None."""
-    key = spec.key
-    arr = process_state().arrays.get(key)
-    return None if arr is None else layout_of(key, arr, spec.item_axes)
+    """The layout of the array of ``spec`` if this process has it open, or opens it with no
+    trip to zarr's I/O loop (see :func:`opened_array`); else None."""
+    uri, path, options = spec.uri, spec.path, spec.options
+    arr = opened_array(uri, path, options, zarr_format=spec.zarr_format, document=spec.document)
+    return None if arr is None else layout_of(spec.key, arr, spec.item_axes)
 
 
 def _ahead_key(layout: Layout, unit: Unit) -> tuple:
