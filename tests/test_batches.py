@@ -49,6 +49,27 @@ def test_rows_stacked_other_than_whole_and_in_order_are_copied():
     torch.testing.assert_close(out, batch)
 
 
+@pytest.mark.parametrize("row", [0, 2])
+@pytest.mark.parametrize(
+    "change",
+    [lambda t: t.transpose_(0, 1), lambda t: t.as_strided_((2, 3), (1, 2)), lambda t: t.unsqueeze_(0)],
+)
+def test_rows_changed_in_place_stack_as_they_are_now(row, change):
+    """A row whose view of the batch changed in place (the first, which names the batch,
+    or another) stacks as it is now, not as the batch."""
+    batch = torch.arange(24, dtype=torch.int16).reshape(4, 2, 3)
+    samples = rows(batch)
+    change(samples[row])
+    plain = [s.as_subclass(torch.Tensor) for s in samples]
+    if plain[row].shape != plain[row - 1].shape:
+        with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+            default_collate(samples)
+        return
+    stacked = default_collate(samples)
+    assert stacked.data_ptr() != batch.data_ptr()
+    torch.testing.assert_close(stacked, torch.stack(plain))
+
+
 def resident_bytes(address: int) -> int:
     """How many bytes of the mapping that starts at ``address`` this process has mapped in."""
     with open("/proc/self/smaps") as smaps:
