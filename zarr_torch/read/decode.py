@@ -72,7 +72,9 @@ class _Zstd:
             return self._context().decompress(buf)
         view = memoryview(out).cast("B")
         with self._context().stream_reader(buf, closefd=False) as reader:
-            if _fill(reader, view) < len(view):
+            # one call fills it when the frame says its size (zstd decodes it in one pass)
+            got = reader.readinto(view)
+            if got < len(view) and got + _fill(reader, view[got:]) < len(view):
                 raise _fewer(len(view))
             if reader.read(1):  # also verifies a content checksum at the frame's end
                 raise _more(len(view))

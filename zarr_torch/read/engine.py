@@ -457,7 +457,7 @@ def _start_in_place(
         more, rest = inplace.chunk_jobs(n, r.layout, r.positions, r.starts, r.batch[:, 0], keep)
         jobs += more
         left += rest
-    shares = _share(jobs, [job[1].chunk_bytes for job in jobs], budget)
+    shares = _share(jobs, [job[2].chunk_bytes for job in jobs], budget)
     return taken, left, [budget.pool.submit(inplace.read, share) for share in shares]
 
 

@@ -25,7 +25,7 @@ a store that changed, and names the chunk in its error.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,11 +41,14 @@ from zarr_torch.read.plan import tiles_of
 Places = list[tuple[tuple[slice, ...], tuple[Any, ...]]]
 #: where a chunk's bytes are: a file (a zip's member), or (shard, offset, length) of a shard.
 Key = str | tuple[str, int, int]
-#: one frame, or one chunk of whole frames, to read: (read number, layout, its chunks'
-#: keys, the batch positions it serves, the frames each of its rows goes to, its tiles'
-#: places). A frame cut into tiles is one row; chunks of whole frames have no places, and
-#: go to the frames' bytes in the batch.
-Job = tuple[int, Layout, list[Key], list[int], list[list[np.ndarray]], Places | None]
+#: one frame, or one chunk of whole frames, to read: (read number, how it is read (see
+#: :func:`_frame_chunk`), layout, its chunks' keys, the batch positions it serves, the
+#: frames each of its rows goes to, its tiles' places). A frame cut into tiles is one row;
+#: chunks of whole frames have no places, and go to the frames' bytes in the batch.
+Job = tuple[int, "Reader", Layout, Sequence[Key], list[int], list[list[np.ndarray]], "Places | None"]
+#: reads the chunks of one job into its frames: the bytes read and decoded, or None when a
+#: chunk is absent.
+Reader = Callable[[Layout, Sequence[Key], list[list[np.ndarray]], "Places | None"], "tuple[int, int] | None"]
 
 
 def usable(layout: Layout, span: int) -> bool:
@@ -84,17 +87,19 @@ def chunk_jobs(
         leads = zip(*(a.tolist() for a in np.unravel_index(list(at), layout.shape[:k])), strict=True)
         chunks = [(*lead, *tail) for lead in leads for tail in tails]
         keys = known_ranges(layout, chunks) if layout.shard else [layout.store_key(c) for c in chunks]
-    n, places = len(tails), _places(layout, parts)
+    places = _places(layout, parts)
+    how = _frame_chunk if places is None else _tiles
     if places is None:
         frames = frames.reshape(len(frames), -1).view(np.uint8)
+    frame = frames.__getitem__
     jobs: list[Job] = []
     left: list[tuple[int, int]] = []
-    for j, ps in enumerate(at.values()):
-        mine = keys[j * n : (j + 1) * n]
+    each = zip(*[iter(keys)] * len(tails), strict=False)  # each frame's keys, len(tails) of them
+    for ps, mine in zip(at.values(), each, strict=True):
         if None in mine:  # a shard index not read yet, or a chunk its shard lacks
             left += [(read, p) for p in ps]
         else:
-            jobs.append((read, layout, mine, ps, [[frames[p] for p in ps]], places))  # type: ignore[arg-type]
+            jobs.append((read, how, layout, mine, ps, [list(map(frame, ps))], places))
     return jobs, left
 
 
@@ -115,7 +120,7 @@ def _row_jobs(
             continue
         dests = [[frames[p] for p in held.get(r, ())] for r in range(max(held) + 1)]
         key = layout.store_key((c, *tail))
-        jobs.append((read, layout, [key], [p for ps in held.values() for p in ps], dests, None))
+        jobs.append((read, _chunk_rows, layout, [key], [p for ps in held.values() for p in ps], dests, None))
     return jobs, left
 
 
@@ -125,9 +130,9 @@ def read(jobs: Iterable[Job]) -> list[tuple[int, int]]:
     chunk absent or failing, to read again otherwise."""
     left: list[tuple[int, int]] = []
     fetched = fetched_bytes = decoded = decoded_bytes = into = 0
-    for number, layout, keys, positions, dests, places in jobs:
+    for number, how, layout, keys, positions, dests, places in jobs:
         try:
-            got = _job(layout, keys, dests, places)
+            got = how(layout, keys, dests, places)
         except Exception:  # read again by the general path, whose error names the chunk
             got = None
         if got is None:
@@ -148,15 +153,31 @@ def read(jobs: Iterable[Job]) -> list[tuple[int, int]]:
     return left
 
 
-def _job(
-    layout: Layout, keys: list[Key], dests: list[list[np.ndarray]], places: Places | None
+def _frame_chunk(
+    layout: Layout, keys: Sequence[Key], dests: list[list[np.ndarray]], places: None
 ) -> tuple[int, int] | None:
-    """Read the chunks ``keys`` of one frame, or one chunk of frames, into ``dests``; the
-    bytes read and decoded, or None when a chunk is absent (a chunk in a directory's
-    place, or any that fails, raises)."""
-    if places is not None:
-        return _tiles(layout, keys, dests[0], places)
-    got = (_chunk_rows if _by_rows(layout) else _frame_chunk)(layout, keys[0], dests)
+    """Read chunk ``keys[0]``, one whole frame, straight into the first of ``dests[0]``, then
+    copy it to the others. Every chunk of chunk 1, v2 and sharded stores takes these few
+    lines between its reads and its decode: no more layers (each showed in the rate)."""
+    raw = _stored(layout.files, keys[0], layout.read_bound)  # type: ignore[arg-type]
+    if raw is None:
+        return None
+    frames = dests[0]
+    layout.decoder.decode_into(raw, out=frames[0])  # type: ignore[union-attr]
+    for frame in frames[1:]:
+        frame[...] = frames[0]
+    return len(raw), layout.chunk_bytes
+
+
+def _chunk_rows(
+    layout: Layout, keys: Sequence[Key], dests: list[list[np.ndarray]], places: None
+) -> tuple[int, int] | None:
+    """Decode the rows of chunk ``keys[0]`` that ``dests`` holds frames for, each into the
+    first of them, then copy it to the others; a zstd chunk file of a folder streams,
+    read no further than the last row."""
+    decoder, files, key = layout.decoder, layout.files, keys[0]
+    assert decoder is not None and files is not None and isinstance(key, str)
+    got = _rows_into(decoder, files, key, [row[0] if row else None for row in dests], layout.read_bound)
     if got is not None:
         for row in dests:
             for dest in row[1:]:
@@ -164,23 +185,10 @@ def _job(
     return got
 
 
-def _frame_chunk(layout: Layout, key: Key, dests: list[list[np.ndarray]]) -> tuple[int, int] | None:
-    """Read chunk ``key``, one whole frame, straight into the first of ``dests[0]``."""
-    decoder, files = layout.decoder, layout.files
-    assert decoder is not None and files is not None
-    raw = _stored(files, key, layout.read_bound)
-    if raw is None:
-        return None
-    decoder.decode_into(raw, out=dests[0][0])
-    return len(raw), layout.chunk_bytes
-
-
-def _chunk_rows(layout: Layout, key: str, dests: list[list[np.ndarray]]) -> tuple[int, int] | None:
-    """Decode the rows of chunk ``key`` that ``dests`` holds frames for, each into the first
-    of them; a zstd chunk file of a folder streams, read no further than the last row."""
-    decoder, files = layout.decoder, layout.files
-    assert decoder is not None and files is not None
-    firsts = [row[0] if row else None for row in dests]
+def _rows_into(
+    decoder: Any, files: FolderFiles | ZipMembers, key: str, firsts: list[np.ndarray | None], bound: int
+) -> tuple[int, int] | None:
+    """The rows of chunk ``key`` decoded into ``firsts`` (see :func:`_chunk_rows`)."""
     if decoder.streams and isinstance(files, FolderFiles):
         file = files.open(key)
         if file is None:
@@ -188,18 +196,18 @@ def _chunk_rows(layout: Layout, key: str, dests: list[list[np.ndarray]]) -> tupl
         with file:
             decoded = decoder.decode_rows(file, firsts)
             return file.tell(), decoded
-    raw = files.whole(key, layout.read_bound, True)
+    raw = files.whole(key, bound, True)
     if raw is None:
         return None
     return len(raw), decoder.decode_rows(raw, firsts)
 
 
 def _tiles(
-    layout: Layout, keys: list[Key], dests: list[np.ndarray], places: Places
+    layout: Layout, keys: Sequence[Key], dests: list[list[np.ndarray]], places: Places | None
 ) -> tuple[int, int] | None:
-    """Read the tiles ``keys`` of one frame into their places in ``dests``."""
+    """Read the tiles ``keys`` of one frame into their places in the frames ``dests[0]``."""
     decoder, files, bound = layout.decoder, layout.files, layout.read_bound
-    assert decoder is not None and files is not None
+    assert decoder is not None and files is not None and places is not None
     got = 0
     for key, (region, within) in zip(keys, places, strict=True):
         raw = _stored(files, key, bound)
@@ -209,7 +217,7 @@ def _tiles(
         # a tile decodes into memory of its own (a one-shot decode: faster than streaming
         # a few KB into scratch), and its part is copied to the frames
         part = decoder.decode(raw)[within]
-        for dest in dests:
+        for dest in dests[0]:
             dest[region] = part
     return got, len(keys) * layout.chunk_bytes
 
