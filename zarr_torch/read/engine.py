@@ -19,6 +19,7 @@ and only frames it could not read take the steps above. Asked to (``zarrs=True``
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import time
@@ -190,6 +191,10 @@ def _opened(spec: ArraySpec) -> Layout | None:
     return None if arr is None else layout_of(spec.key, arr, spec.item_axes)
 
 
+def _spec(spec: ArraySpec | tuple[str, str, Options | None]) -> ArraySpec:
+    return spec if type(spec) is ArraySpec else ArraySpec(*spec)
+
+
 def _ahead_key(layout: Layout, unit: Unit) -> tuple:
     return layout.name, unit.key, unit.start, unit.stop
 
@@ -256,11 +261,15 @@ class _Batch:
     ) -> None:
         array_ids, self.starts = np.asarray(array_ids), np.asarray(starts, dtype=np.int64)
         self.length, self.strict, self.budget, self.allocate = length, strict, budget, allocate
-        # each array's positions, found in one sort (not one pass over the batch per array)
+        # each array's positions, found in one sort (not one pass over the batch per array;
+        # np.unique and np.split took 4 times as long)
         order = np.argsort(array_ids, kind="stable")
-        ids, firsts = np.unique(array_ids[order], return_index=True)
-        self.members = np.split(order, firsts[1:]) if len(ids) else []
-        self.specs = [ArraySpec(*specs[int(a)]) for a in ids]  # the specs of this batch's arrays
+        ranked = array_ids[order]
+        starts_at = (np.flatnonzero(ranked[1:] != ranked[:-1]) + 1).tolist()
+        bounds = [0, *starts_at, len(order)] if len(order) else [0]
+        self.members = [order[a:b] for a, b in itertools.pairwise(bounds)]
+        # the specs of this batch's arrays
+        self.specs = [_spec(specs[a]) for a in ranked[bounds[:-1]].tolist()]
         self.layouts: list[Layout | BaseException] = []
         self.reads: list[_ArrayRead] = []
 
@@ -316,6 +325,11 @@ class _Batch:
     def out(self) -> list[np.ndarray | BaseException]:
         """Every item in order, absent chunks filled; a failed item's exception in its place."""
         failed = [r.finish() for r in self.reads]  # first: an item of one value is a copy
+        first = self.batches[0] if self.batches else None
+        if first is not None and not any(failed) and all(b is first for b in self.batches):
+            # every item read, into one batch: its rows in order (made by numpy in one call)
+            process_state().stats.add(bytes_returned=first.nbytes)
+            return list(first)
         out: list[np.ndarray | BaseException] = [None] * len(self.starts)  # type: ignore[list-item]
         for layout, m, batch in zip(self.layouts, self.members, self.batches, strict=True):
             for k in m.tolist():
@@ -342,8 +356,8 @@ class _ArrayRead:
     ) -> None:
         #: the exception of every batch position that failed.
         self.failed: dict[int, BaseException] = {}
-        bad = (starts < 0) | (starts + span > layout.items)
-        if bad.any():
+        if len(starts) and (starts.min() < 0 or starts.max() + span > layout.items):
+            bad = (starts < 0) | (starts + span > layout.items)
             self.failed = {
                 int(p): IndexError(f"rows {s}-{s + span - 1} are outside the array's {layout.items} rows")
                 for p, s in zip(positions[bad], starts[bad], strict=True)
