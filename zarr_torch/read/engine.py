@@ -192,6 +192,7 @@ def _opened(spec: ArraySpec) -> Layout | None:
 
 
 def _spec(spec: ArraySpec | tuple[str, str, Options | None]) -> ArraySpec:
+    """``spec`` as an :class:`ArraySpec` (an index's already are: not made again)."""
     return spec if type(spec) is ArraySpec else ArraySpec(*spec)
 
 
