@@ -11,7 +11,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numcodecs
 import numpy as np
@@ -32,6 +32,7 @@ from zarr_torch import (
     read,
 )
 from zarr_torch.cache import ChunkCache
+from zarr_torch.read import decode
 from zarr_torch.synth import make_frames, write_store, write_stores, zip_store
 
 ARRAY = "data/camera0_rgb"
@@ -541,6 +542,22 @@ def test_a_worker_opens_local_arrays_without_zarrs_io_loop(tmp_path, context):
     assert "zarr_io" not in stats["threads"], stats["threads"]
 
 
+@pytest.mark.parametrize("codec", ["zstd", "blosc"])
+def test_a_worker_of_one_decode_thread_decodes_on_its_own_thread(tmp_path, codec):
+    """A worker whose budget is one thread reads a batch of zstd chunks on its own thread,
+    starting no decode thread (a hop to one and back cost it 5-7% of its frames/s); blosc,
+    which starts threads of its own on a process's main thread, stays on a decode thread."""
+    options = {"zarr_format": 2, "codec": "blosc"} if codec == "blosc" else {}
+    write_stores(str(tmp_path / "s"), stores=2, frames=8, size=SIZE, chunk=1, **options)
+    ds = ZarrFrameDataset(str(tmp_path / "s"), array=ARRAY, threads=1)
+    loader = DataLoader(ds, batch_size=16, num_workers=1, timeout=120, collate_fn=CollateWithThreads(ds))
+    [(batch, stats)] = list(loader)
+    np.testing.assert_array_equal(batch.numpy(), reference(2, 8))
+    assert stats["chunks_read_in_one_pass"] == 16
+    decode_threads = [name for name in stats["threads"] if name.startswith("zarr_torch_decode")]
+    assert decode_threads == ([] if codec == "zstd" else ["zarr_torch_decode1_0"]), stats["threads"]
+
+
 def load_in_workers(root: str, context: str, parent: str) -> tuple[np.ndarray, dict[str, Any]]:
     """In this (fresh) process: ``parent`` reads a frame of ``root`` (``"zarr"``, which
     loads zarrs with its codec pipelines; ``"zarr with zarrs"``, zarr with zarrs as its
@@ -687,6 +704,8 @@ class CountingCodec(numcodecs.abc.Codec):
     codec_id = "zarr_torch_test_counting"
     lock = threading.Lock()
     active = peak = 0
+    #: the names of the threads that decoded.
+    threads: ClassVar[set[str]] = set()
 
     def encode(self, buf):
         return bytes(memoryview(buf).cast("B"))
@@ -696,17 +715,24 @@ class CountingCodec(numcodecs.abc.Codec):
         with cls.lock:
             cls.active += 1
             cls.peak = max(cls.peak, cls.active)
+            cls.threads.add(threading.current_thread().name)
         time.sleep(0.002)  # long enough for decodes on other threads to overlap
         with cls.lock:
             cls.active -= 1
         return numcodecs.compat.ndarray_copy(buf, out) if out is not None else bytes(buf)
 
 
+@pytest.mark.parametrize("alone", [False, True], ids=["on-the-pool", "on-the-calling-threads"])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_the_thread_budget_holds_when_threads_read_the_dataset(tmp_path, threads):
+def test_the_thread_budget_holds_when_threads_read_the_dataset(tmp_path, monkeypatch, threads, alone):
+    """However many threads call the dataset, no more decodes than its budget run at once:
+    on the budget's pool, or (a decoder that starts no threads of its own) on the threads
+    that called, each in one of the budget's slots."""
     from torchdata.nodes import Batcher, Loader, ParallelMapper, SamplerWrapper
 
     numcodecs.register_codec(CountingCodec)
+    if alone:  # as zstd: read on the calling thread (tiny chunks are one thread's work)
+        monkeypatch.setattr(decode, "THREADLESS", (*decode.THREADLESS, CountingCodec))
     values = np.arange(48 * 4 * 4, dtype="uint8").reshape(48, 4, 4)
     arr = zarr.create_array(
         str(tmp_path / "c.zarr"),
@@ -718,7 +744,7 @@ def test_the_thread_budget_holds_when_threads_read_the_dataset(tmp_path, threads
     )
     arr[...] = values
     ds = ZarrFrameDataset(str(tmp_path / "c.zarr"), threads=threads)
-    CountingCodec.peak = 0
+    CountingCodec.peak, CountingCodec.threads = 0, set()
     node = ParallelMapper(
         Batcher(SamplerWrapper(ChunkAwareSampler(ds, shuffle=False)), batch_size=4),
         map_fn=ds.__getitems__,
@@ -728,6 +754,8 @@ def test_the_thread_budget_holds_when_threads_read_the_dataset(tmp_path, threads
     frames = [f for batch in Loader(node) for f in batch]
     np.testing.assert_array_equal(torch.stack(frames).numpy(), values)
     assert CountingCodec.peak == threads, f"{CountingCodec.peak} decodes overlapped; the budget is {threads}"
+    on_pool = {name.startswith("zarr_torch_decode") for name in CountingCodec.threads}
+    assert on_pool == {not alone}, CountingCodec.threads
 
 
 @pytest.mark.parametrize("checksum", [False, True])

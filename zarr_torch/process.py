@@ -83,6 +83,9 @@ class ProcessState:
     #: decode threads of reads that name no budget.
     decode_threads: int = field(default_factory=available_cores)
     pools: dict[int, ThreadPoolExecutor] = field(default_factory=dict)
+    #: how many decodes of each budget may run at once, on its pool or on the threads
+    #: that asked (see :meth:`decode_slots`), by its number of threads.
+    decode_slots_of: dict[int, threading.BoundedSemaphore] = field(default_factory=dict)
     #: semaphores bounding the requests in flight to one host (see :meth:`request_slots`),
     #: by event loop, then by (host, limit).
     host_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, asyncio.Semaphore]] = (
@@ -102,6 +105,18 @@ class ProcessState:
                 threads, thread_name_prefix=f"zarr_torch_decode{threads}"
             )
         return self.pools[threads]
+
+    def decode_slots(self, threads: int | None = None) -> threading.BoundedSemaphore:
+        """The ``threads`` slots (default ``decode_threads``) that every decode of that budget
+        takes, whichever thread runs it: a read on the calling thread and the pool's
+        threads together never decode more at once than the budget.
+        """
+        threads = threads or self.decode_threads
+        slots = self.decode_slots_of.get(threads)
+        if slots is None:
+            with self._slots_lock:  # one semaphore, however many threads ask first
+                slots = self.decode_slots_of.setdefault(threads, threading.BoundedSemaphore(threads))
+        return slots
 
     def request_slots(self, host: Hashable, limit: int) -> asyncio.Semaphore:
         """The semaphore admitting ``limit`` requests to ``host`` at once in the running event

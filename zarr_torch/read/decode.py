@@ -200,6 +200,9 @@ class DirectDecoder:
     decode_into: Callable[..., Any] = field(init=False, repr=False, compare=False)
     #: whether the last step writes a chunk into ``out`` given as flat bytes.
     _last_fills_out: bool = field(init=False)
+    #: whether it decodes on the thread that calls it, with no threads of its own
+    #: (numcodecs' blosc, called on a process's main thread, starts its own).
+    threadless: bool = field(init=False)
     #: the steps before the last, and the last (None: no step), found once: a tile of a
     #: few KB decodes in about a microsecond, so lookups per chunk show.
     _before: tuple[Any, ...] = field(init=False, repr=False, compare=False)
@@ -218,6 +221,7 @@ class DirectDecoder:
         object.__setattr__(self, "fresh", isinstance(last, COMPRESSORS))
         object.__setattr__(self, "streams", into and len(self.steps) == 1 and isinstance(last, _Zstd))
         object.__setattr__(self, "_last_fills_out", last is not None and _fills_flat_out(last))
+        object.__setattr__(self, "threadless", all(isinstance(s, THREADLESS) for s in self.steps))
         alone = len(self.steps) == 1 and self._last_fills_out
         object.__setattr__(self, "decode_into", last.decode if into and alone else self.decode)
 
@@ -266,10 +270,8 @@ class DirectDecoder:
         return chunk.nbytes
 
 
-#: decoders whose output is always new memory, never a view of their input.
-COMPRESSORS = (
-    _Zstd,
-    _Blosc,
+#: numcodecs' compressors: each decodes on the thread that calls it, with none of its own.
+_NUMCODECS_COMPRESSORS = (
     numcodecs.GZip,
     numcodecs.Zlib,
     numcodecs.BZ2,
@@ -277,6 +279,11 @@ COMPRESSORS = (
     numcodecs.LZ4,
     numcodecs.Zstd,
 )
+#: decoders whose output is always new memory, never a view of their input.
+COMPRESSORS = (_Zstd, _Blosc, *_NUMCODECS_COMPRESSORS)
+#: decoders that decode on the calling thread alone: any other (blosc, image codecs, a
+#: codec of numcodecs' registry) may start threads of its own.
+THREADLESS = (_Zstd, _Crc32c, *_NUMCODECS_COMPRESSORS)
 
 
 def _fills_flat_out(codec: Any) -> bool:

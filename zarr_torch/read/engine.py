@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.ma  # np.unique imports it at first use (12 ms): here, not in every forked worker
@@ -44,6 +44,8 @@ from zarr_torch.read.layout import Layout, layout_of
 from zarr_torch.read.plan import Task, one_frame_chunks, plan
 from zarr_torch.storage import RetryPolicy, read_options
 from zarr_torch.stores import ArraySpec, Options, open_array, opened_array
+
+T = TypeVar("T")
 
 #: chunks smaller than this (decoded) are read and decoded on one thread per batch.
 PARALLEL_CHUNK_BYTES = 64 * 2**10
@@ -244,6 +246,11 @@ class _Budget:
     @property
     def pool(self) -> ThreadPoolExecutor:
         return process_state().pool(self.threads)
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in one of this budget's decode slots (on whichever thread calls)."""
+        with process_state().decode_slots(self.threads):
+            return fn(*args)
 
 
 class _Batch:
@@ -462,9 +469,12 @@ def _start_in_place(
     """Start reading in place (see :mod:`.inplace`) the items left of the reads that go
     that way, shared by the decode threads; return those reads, the items the pass left
     to the general path, and each thread's outcome to come (see :func:`_leave`). On the
-    decode threads, never the calling one: numcodecs' blosc, called from a process's main
-    thread, decodes on threads of its own, past the budget. A chunk of several frames
-    goes that way only when no decoded chunk would be kept for it (see :mod:`.inplace`)."""
+    decode threads, or on the calling thread when the work is one thread's and its
+    decoders start no threads of their own (numcodecs' blosc, called from a process's main
+    thread, decodes on threads of its own, past the budget): in a ``DataLoader`` worker
+    of one decode thread, a hop to the pool and back cost 5-7% of the frames/s. Either way
+    in one of the budget's slots. A chunk of several frames goes that way only when no
+    decoded chunk would be kept for it (see :mod:`.inplace`)."""
     taken = [r for r in reads if len(r.positions) and inplace.usable(r.layout, r.span)]
     keep = budget.cache.budget > 0
     jobs, left = [], []
@@ -473,7 +483,11 @@ def _start_in_place(
         jobs += more
         left += rest
     shares = _share(jobs, [job[2].chunk_bytes for job in jobs], budget)
-    return taken, left, [budget.pool.submit(inplace.read, share) for share in shares]
+    if len(shares) == 1 and all(r.layout.decoder.threadless for r in taken):  # type: ignore[union-attr]
+        done: Future = Future()
+        done.set_result(budget.run(inplace.read, shares[0]))
+        return taken, left, [done]
+    return taken, left, [budget.pool.submit(budget.run, inplace.read, share) for share in shares]
 
 
 def _leave(taken: list[_ArrayRead], lefts: list[list[tuple[int, int]]]) -> None:
@@ -513,7 +527,7 @@ async def _run_local(reads: list[_ArrayRead], budget: _Budget) -> None:
     loop = asyncio.get_running_loop()
     parts = await asyncio.gather(
         *(
-            loop.run_in_executor(budget.pool, _local_units, share)
+            loop.run_in_executor(budget.pool, budget.run, _local_units, share)
             for share in _share(work, [r.layout.chunk_bytes for r, _ in work], budget)
         )
     )
@@ -706,7 +720,8 @@ class _Decode:
             except Exception as exc:
                 return dict.fromkeys((i for i, _, _ in unit.parts), exc)
             counts = dict.fromkeys(_COUNTS, 0)
-            settled = await loop.run_in_executor(self.budget.pool, self.unit, unit, raw, counts)
+            budget = self.budget
+            settled = await loop.run_in_executor(budget.pool, budget.run, self.unit, unit, raw, counts)
             state.stats.add(**counts)
             return settled
 
