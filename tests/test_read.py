@@ -722,16 +722,16 @@ class CountingCodec(numcodecs.abc.Codec):
         return numcodecs.compat.ndarray_copy(buf, out) if out is not None else bytes(buf)
 
 
-@pytest.mark.parametrize("alone", [False, True], ids=["on-the-pool", "on-the-calling-threads"])
+@pytest.mark.parametrize("threadless", [False, True], ids=["on-the-pool", "on-the-calling-threads"])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_the_thread_budget_holds_when_threads_read_the_dataset(tmp_path, monkeypatch, threads, alone):
+def test_the_thread_budget_holds_when_threads_read_the_dataset(tmp_path, monkeypatch, threads, threadless):
     """However many threads call the dataset, no more decodes than its budget run at once:
     on the budget's pool, or (a decoder that starts no threads of its own) on the threads
     that called, each in one of the budget's slots."""
     from torchdata.nodes import Batcher, Loader, ParallelMapper, SamplerWrapper
 
     numcodecs.register_codec(CountingCodec)
-    if alone:  # as zstd: read on the calling thread (tiny chunks are one thread's work)
+    if threadless:  # as zstd: read on the calling thread (tiny chunks are one thread's work)
         monkeypatch.setattr(decode, "THREADLESS", (*decode.THREADLESS, CountingCodec))
     values = np.arange(48 * 4 * 4, dtype="uint8").reshape(48, 4, 4)
     arr = zarr.create_array(
@@ -755,7 +755,7 @@ def test_the_thread_budget_holds_when_threads_read_the_dataset(tmp_path, monkeyp
     np.testing.assert_array_equal(torch.stack(frames).numpy(), values)
     assert CountingCodec.peak == threads, f"{CountingCodec.peak} decodes overlapped; the budget is {threads}"
     on_pool = {name.startswith("zarr_torch_decode") for name in CountingCodec.threads}
-    assert on_pool == {not alone}, CountingCodec.threads
+    assert on_pool == {not threadless}, CountingCodec.threads
 
 
 @pytest.mark.parametrize("checksum", [False, True])

@@ -247,7 +247,7 @@ class _Budget:
     def pool(self) -> ThreadPoolExecutor:
         return process_state().pool(self.threads)
 
-    def run(self, fn: Callable[..., T], *args: Any) -> T:
+    def in_slot(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in one of this budget's decode slots (on whichever thread calls)."""
         with process_state().decode_slots(self.threads):
             return fn(*args)
@@ -485,9 +485,9 @@ def _start_in_place(
     shares = _share(jobs, [job[2].chunk_bytes for job in jobs], budget)
     if len(shares) == 1 and all(r.layout.decoder.threadless for r in taken):  # type: ignore[union-attr]
         done: Future = Future()
-        done.set_result(budget.run(inplace.read, shares[0]))
+        done.set_result(budget.in_slot(inplace.read, shares[0]))
         return taken, left, [done]
-    return taken, left, [budget.pool.submit(budget.run, inplace.read, share) for share in shares]
+    return taken, left, [budget.pool.submit(budget.in_slot, inplace.read, share) for share in shares]
 
 
 def _leave(taken: list[_ArrayRead], lefts: list[list[tuple[int, int]]]) -> None:
@@ -527,7 +527,7 @@ async def _run_local(reads: list[_ArrayRead], budget: _Budget) -> None:
     loop = asyncio.get_running_loop()
     parts = await asyncio.gather(
         *(
-            loop.run_in_executor(budget.pool, budget.run, _local_units, share)
+            loop.run_in_executor(budget.pool, budget.in_slot, _local_units, share)
             for share in _share(work, [r.layout.chunk_bytes for r, _ in work], budget)
         )
     )
@@ -721,7 +721,7 @@ class _Decode:
                 return dict.fromkeys((i for i, _, _ in unit.parts), exc)
             counts = dict.fromkeys(_COUNTS, 0)
             budget = self.budget
-            settled = await loop.run_in_executor(budget.pool, budget.run, self.unit, unit, raw, counts)
+            settled = await loop.run_in_executor(budget.pool, budget.in_slot, self.unit, unit, raw, counts)
             state.stats.add(**counts)
             return settled
 
