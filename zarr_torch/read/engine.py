@@ -247,8 +247,17 @@ class _Budget:
     def pool(self) -> ThreadPoolExecutor:
         return process_state().pool(self.threads)
 
-    def in_slot(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in one of this budget's decode slots (on whichever thread calls)."""
+    def submit(self, fn: Callable[..., T], *args: Any, here: bool = False) -> Future[T]:
+        """``fn(*args)`` in one of this budget's decode slots: on its pool, or with ``here``
+        on the calling thread (done when returned). Every decode goes this way, so the pool
+        and the threads that call together never decode more at once than the budget."""
+        if not here:
+            return self.pool.submit(self._in_slot, fn, *args)
+        done: Future[T] = Future()
+        done.set_result(self._in_slot(fn, *args))
+        return done
+
+    def _in_slot(self, fn: Callable[..., T], *args: Any) -> T:
         with process_state().decode_slots(self.threads):
             return fn(*args)
 
@@ -483,11 +492,8 @@ def _start_in_place(
         jobs += more
         left += rest
     shares = _share(jobs, [job[2].chunk_bytes for job in jobs], budget)
-    if len(shares) == 1 and all(r.layout.decoder.threadless for r in taken):  # type: ignore[union-attr]
-        done: Future = Future()
-        done.set_result(budget.in_slot(inplace.read, shares[0]))
-        return taken, left, [done]
-    return taken, left, [budget.pool.submit(budget.in_slot, inplace.read, share) for share in shares]
+    here = len(shares) == 1 and all(r.layout.decoder.threadless for r in taken)  # type: ignore[union-attr]
+    return taken, left, [budget.submit(inplace.read, share, here=here) for share in shares]
 
 
 def _leave(taken: list[_ArrayRead], lefts: list[list[tuple[int, int]]]) -> None:
@@ -524,10 +530,9 @@ async def _run_local(reads: list[_ArrayRead], budget: _Budget) -> None:
     if not work:
         return
     state = process_state()
-    loop = asyncio.get_running_loop()
     parts = await asyncio.gather(
         *(
-            loop.run_in_executor(budget.pool, budget.in_slot, _local_units, share)
+            asyncio.wrap_future(budget.submit(_local_units, share))
             for share in _share(work, [r.layout.chunk_bytes for r, _ in work], budget)
         )
     )
@@ -701,7 +706,7 @@ class _Decode:
         (or all at once through zarr's pipeline when zarr_torch cannot decode them)."""
         state = process_state()
         loop = asyncio.get_running_loop()
-        read = (
+        read = (  # a local read is I/O: on the pool, but in no decode slot
             (lambda u: loop.run_in_executor(self.budget.pool, read_local, self.layout, u))
             if (self.layout.files is not None)
             else (lambda u: _fetch(self.layout, u))
@@ -720,8 +725,7 @@ class _Decode:
             except Exception as exc:
                 return dict.fromkeys((i for i, _, _ in unit.parts), exc)
             counts = dict.fromkeys(_COUNTS, 0)
-            budget = self.budget
-            settled = await loop.run_in_executor(budget.pool, budget.in_slot, self.unit, unit, raw, counts)
+            settled = await asyncio.wrap_future(self.budget.submit(self.unit, unit, raw, counts))
             state.stats.add(**counts)
             return settled
 
