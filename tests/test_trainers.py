@@ -2,7 +2,9 @@
 
 Lightning DDP and accelerate each run two CPU processes (gloo) from the scripts in
 ``tests/trainers/``, written the way a user writes them; every rank records every frame
-of every batch it trains on. Over two epochs of 8 stores x 48 frames (chunks of 8):
+of every batch it trains on. Lightning's loaders keep their workers between epochs
+(``persistent_workers``, as Lightning advises), accelerate's start new ones each epoch:
+the sampler's epoch reaches both. Over two epochs of 8 stores x 48 frames (chunks of 8):
 
 - each epoch trains on every one of the 384 frames exactly once, shared between ranks;
 - epoch 1's order differs from epoch 0's;
