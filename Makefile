@@ -9,6 +9,9 @@ PYTHON_NEWEST ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.12*/bin/python 
 	$(shell python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null))
 VENV_NEWEST := .venv-3.12
 EXTRAS := dev,docs,datachain,lightning,accelerate
+# The suite runs on every core, a test file a worker (its module fixtures run once): much of
+# it waits on subprocesses and servers (on two cores: 20 minutes a Python, not 30).
+PYTEST := -m pytest -q -n auto --dist loadfile
 
 .PHONY: venv demo test test-newest bench docs dist clean
 
@@ -27,7 +30,7 @@ demo: venv
 test: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q
+	$(PY) $(PYTEST)
 	$(MAKE) --no-print-directory test-newest
 
 # The whole suite again under the newest Python and zarr; said, never silently skipped.
@@ -37,7 +40,7 @@ test-newest:
 	else \
 		$(MAKE) --no-print-directory $(VENV_NEWEST)/.installed && \
 		echo "test-newest: $$($(VENV_NEWEST)/bin/python -c 'import sys, zarr; print("Python", sys.version.split()[0], "zarr", zarr.__version__)')" && \
-		$(VENV_NEWEST)/bin/python -m pytest -q -p no:cacheprovider; \
+		$(VENV_NEWEST)/bin/python $(PYTEST) -p no:cacheprovider; \
 	fi
 
 $(VENV_NEWEST)/.installed: pyproject.toml constraints.txt
