@@ -39,8 +39,8 @@ def make_loader(ds: ZarrFrameDataset, stateful: bool) -> DataLoader:
         sampler=ChunkAwareSampler(ds),
         num_workers=2,
         multiprocessing_context="forkserver",
-        # Lightning's own advice; each epoch's new workers (forkserver's import this script
-        # again, Lightning with it) took 23 of a run's 70 s. accelerate's runs keep the default.
+        # Lightning's own advice: new workers each epoch (a forkserver worker imports this
+        # script again, Lightning with it) took 23 of a run's 70 s. accelerate's runs do not.
         persistent_workers=True,
     )
 
